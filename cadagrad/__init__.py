@@ -1,0 +1,24 @@
+"""cadagrad: AdaGrad and SGD steps in place on NumPy buffers, OpenMP-parallel Cython kernels.
+
+The compiled optimizers give results bit-identical to the plain NumPy rules in ``cadagrad.reference``.
+"""
+
+from __future__ import annotations
+
+from . import reference
+from ._build import build_info, get_num_threads, set_num_threads
+from ._version import __version__
+from .functional import adagrad_step, sgd_step
+from .optim import SGD, Adagrad
+
+__all__ = [
+    "Adagrad",
+    "SGD",
+    "adagrad_step",
+    "sgd_step",
+    "set_num_threads",
+    "get_num_threads",
+    "build_info",
+    "reference",
+    "__version__",
+]

@@ -1,0 +1,241 @@
+"""Argument validation shared by cadagrad.optim and cadagrad.functional.
+
+Every error message of the package is written here, and every check runs before any buffer is
+written. Messages name the argument: ``grads[3]: expected shape (128, 64), got (64, 128)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_array_list(obj: object, name: str) -> tuple[list[np.ndarray], bool]:
+    """Split ``obj`` (one ndarray or a list/tuple of them) into a list and whether it was one array."""
+    if isinstance(obj, np.ndarray):
+        return [obj], True
+    if isinstance(obj, (list, tuple)):
+        if len(obj) == 0:
+            raise ValueError(f"{name}: expected at least one array, got an empty {type(obj).__name__}")
+        return list(obj), False
+    raise TypeError(f"{name}: expected a numpy.ndarray or a list of them, got {type(obj).__name__}")
+
+
+def check_float_array(arr: object, name: str, *, writable: bool) -> np.ndarray:
+    """Check that ``arr`` is an aligned, C-contiguous, native float32/float64 ndarray."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
+    if arr.dtype not in FLOAT_DTYPES or not arr.dtype.isnative:
+        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array, got strides {arr.strides}")
+    if not arr.flags.aligned:
+        raise ValueError(f"{name}: expected an aligned array")
+    if writable and not arr.flags.writeable:
+        raise ValueError(f"{name}: expected a writable array, got a read-only one")
+    return arr
+
+
+def check_like(arr: object, ref: np.ndarray, name: str, ref_name: str, *, writable: bool) -> np.ndarray:
+    """Check ``arr`` as a float array with the dtype and shape of ``ref``."""
+    arr = check_float_array(arr, name, writable=writable)
+    if arr.dtype != ref.dtype:
+        raise TypeError(f"{name}: expected dtype {ref.dtype} (as {ref_name}), got {arr.dtype}")
+    if arr.shape != ref.shape:
+        raise ValueError(f"{name}: expected shape {ref.shape} (as {ref_name}), got {arr.shape}")
+    return arr
+
+
+def _byte_range(arr: np.ndarray) -> tuple[int, int]:
+    start = arr.__array_interface__["data"][0]
+    return start, start + arr.nbytes
+
+
+def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[0] != a[1] and b[0] != b[1]
+
+
+def check_params(params: object, name: str = "params") -> tuple[list[np.ndarray], bool]:
+    """Validate the params of an optimizer: writable float arrays, no two sharing memory."""
+    arrays, single = as_array_list(params, name)
+    label = (lambda i: name) if single else (lambda i: f"{name}[{i}]")
+    for i, arr in enumerate(arrays):
+        check_float_array(arr, label(i), writable=True)
+    ranges = sorted((_byte_range(a), i) for i, a in enumerate(arrays))
+    for (r1, i1), (r2, i2) in zip(ranges, ranges[1:]):
+        if _overlaps(r1, r2):
+            first, second = sorted((i1, i2))
+            raise ValueError(f"{label(second)}: shares memory with {label(first)}; each param must be its own buffer")
+    return arrays, single
+
+
+def check_states(states: object, params: list[np.ndarray], single: bool, name: str) -> list[np.ndarray]:
+    """Validate caller-owned state buffers (accumulators, momentum buffers) against their params."""
+    if single:
+        if not isinstance(states, np.ndarray):
+            raise TypeError(f"{name}: expected a numpy.ndarray (params is one array), got {type(states).__name__}")
+        arrays = [states]
+        label = lambda i: name  # noqa: E731
+    else:
+        if not isinstance(states, (list, tuple)):
+            raise TypeError(f"{name}: expected a list of {len(params)} arrays, got {type(states).__name__}")
+        if len(states) != len(params):
+            raise ValueError(f"{name}: expected {len(params)} arrays (one per param), got {len(states)}")
+        arrays = list(states)
+        label = lambda i: f"{name}[{i}]"  # noqa: E731
+    param_label = "params" if single else "params[{}]"
+    for i, (state, param) in enumerate(zip(arrays, params)):
+        check_like(state, param, label(i), param_label.format(i), writable=True)
+    every = [(_byte_range(a), f"params[{i}]" if not single else "params") for i, a in enumerate(params)]
+    every += [(_byte_range(a), label(i)) for i, a in enumerate(arrays)]
+    every.sort()
+    for (r1, n1), (r2, n2) in zip(every, every[1:]):
+        if _overlaps(r1, r2):
+            raise ValueError(f"{n2}: shares memory with {n1}; params and state must not overlap")
+    return arrays
+
+
+def check_grads(grads: object, params: list[np.ndarray], single: bool, states: list[np.ndarray] | None) -> None:
+    """Raise the error that describes why ``grads`` do not fit ``params`` (and their ``states``)."""
+    if single:
+        if not isinstance(grads, np.ndarray):
+            raise TypeError(f"grads: expected a numpy.ndarray (params is one array), got {type(grads).__name__}")
+        items, label = [grads], (lambda i: "grads")
+    else:
+        if not isinstance(grads, (list, tuple)):
+            raise TypeError(f"grads: expected a list of {len(params)} arrays, got {type(grads).__name__}")
+        if len(grads) != len(params):
+            raise ValueError(f"grads: expected {len(params)} arrays (one per param), got {len(grads)}")
+        items, label = list(grads), (lambda i: f"grads[{i}]")
+    for i, (grad, param) in enumerate(zip(items, params)):
+        pname = "params" if single else f"params[{i}]"
+        check_float_array(param, pname, writable=True)
+        check_like(grad, param, label(i), pname, writable=False)
+        grad_range, param_range = _byte_range(grad), _byte_range(param)
+        if _overlaps(grad_range, param_range) and grad_range != param_range:
+            raise ValueError(f"{label(i)}: overlaps {pname} without being the same buffer")
+        if states is not None and _overlaps(grad_range, _byte_range(states[i])):
+            raise ValueError(f"{label(i)}: shares memory with the optimizer state of {pname}")
+
+
+def explain_changed(params: list[np.ndarray], states: list[np.ndarray] | None, sizes: Sequence[int]) -> None:
+    """Raise the error for params or state that changed (resized, made read-only) after set-up."""
+    for i, (param, size) in enumerate(zip(params, sizes)):
+        check_float_array(param, f"params[{i}]", writable=True)
+        if param.size != size:
+            raise ValueError(f"params[{i}]: was resized from {size} to {param.size} elements after set-up")
+        if states is not None:
+            check_like(states[i], param, f"state[{i}]", f"params[{i}]", writable=True)
+
+
+def check_number(value: object, name: str, *, minimum: float | None = 0.0) -> float:
+    """A finite real hyperparameter, at least ``minimum`` when given; returned as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected a value >= {minimum}, got {value}")
+    return value
+
+
+def check_flag(value: object, name: str) -> bool:
+    """A boolean option."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_num_threads(value: object, name: str = "num_threads") -> int:
+    """``None`` (0 for the engine: use the global setting) or a positive int."""
+    if value is None:
+        return 0
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected None or a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected None or a positive int, got {value}")
+    return int(value)
+
+
+def check_step(value: object, name: str = "step") -> int:
+    """A 1-based step count."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return int(value)
+
+
+def check_nesterov(nesterov: bool, momentum: float, dampening: float) -> None:
+    """Nesterov momentum needs momentum > 0 and no dampening (as PyTorch)."""
+    if nesterov and (momentum <= 0.0 or dampening != 0.0):
+        raise ValueError(
+            f"nesterov: requires momentum > 0 and dampening == 0, got momentum={momentum}, dampening={dampening}"
+        )
+
+
+# Defaults of the hyperparameters (PyTorch's), used by cadagrad.optim and cadagrad.functional.
+# cadagrad.reference repeats them literally (it imports NumPy only); a test holds the two together.
+ADAGRAD_LR = 0.01
+ADAGRAD_EPS = 1e-10
+
+
+def adagrad_hyperparameters(
+    *, lr, lr_decay, weight_decay, initial_accumulator_value, eps, eps_inside_sqrt, maximize
+) -> dict:
+    """Validate AdaGrad's hyperparameters; returns them as plain floats and bools."""
+    return {
+        "lr": check_number(lr, "lr"),
+        "lr_decay": check_number(lr_decay, "lr_decay"),
+        "weight_decay": check_number(weight_decay, "weight_decay"),
+        "initial_accumulator_value": check_number(initial_accumulator_value, "initial_accumulator_value"),
+        "eps": check_number(eps, "eps"),
+        "eps_inside_sqrt": check_flag(eps_inside_sqrt, "eps_inside_sqrt"),
+        "maximize": check_flag(maximize, "maximize"),
+    }
+
+
+def sgd_hyperparameters(*, lr, momentum, dampening, nesterov, weight_decay, maximize) -> dict:
+    """Validate SGD's hyperparameters; returns them as plain floats and bools."""
+    checked = {
+        "lr": check_number(lr, "lr"),
+        "momentum": check_number(momentum, "momentum"),
+        "dampening": check_number(dampening, "dampening", minimum=None),
+        "nesterov": check_flag(nesterov, "nesterov"),
+        "weight_decay": check_number(weight_decay, "weight_decay"),
+        "maximize": check_flag(maximize, "maximize"),
+    }
+    check_nesterov(checked["nesterov"], checked["momentum"], checked["dampening"])
+    return checked
+
+
+def check_state_dict(
+    state_dict: object, *, optimizer: str, state_key: str, hyperparameter_names: Sequence[str]
+) -> dict:
+    """Check the envelope of a state dict (everything but the arrays, which the optimizer checks)."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
+    expected = {"optimizer", "version", "step", "hyperparameters", state_key}
+    if set(state_dict) != expected:
+        raise ValueError(f"state_dict: expected the keys {sorted(expected)}, got {sorted(state_dict)}")
+    if state_dict["optimizer"] != optimizer:
+        raise ValueError(f"state_dict['optimizer']: expected {optimizer!r}, got {state_dict['optimizer']!r}")
+    if state_dict["version"] != STATE_DICT_VERSION:
+        raise ValueError(f"state_dict['version']: expected {STATE_DICT_VERSION}, got {state_dict['version']!r}")
+    step = state_dict["step"]
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) or step < 0:
+        raise ValueError(f"state_dict['step']: expected an int >= 0, got {step!r}")
+    hyper = state_dict["hyperparameters"]
+    if not isinstance(hyper, dict) or set(hyper) != set(hyperparameter_names):
+        got = sorted(hyper) if isinstance(hyper, dict) else type(hyper).__name__
+        raise ValueError(f"state_dict['hyperparameters']: expected the keys {sorted(hyperparameter_names)}, got {got}")
+    return state_dict
+
+
+STATE_DICT_VERSION = 1

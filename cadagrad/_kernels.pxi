@@ -1,0 +1,517 @@
+# Every hot loop of cadagrad, and the C-level step engine that feeds them.
+#
+# This file is compiled once per instruction set (see _kernels_generic.pyx, _kernels_avx2.pyx,
+# _kernels_avx512.pyx and setup.py); cadagrad._kernels picks one at import. The loops use IEEE sqrt
+# and division only and are built with -ffp-contract=off, so every variant gives the same bits as
+# cadagrad.reference.
+#
+# Checked with `-fopt-info-vec-optimized -fopt-info-loop` (GCC 12, -O3 -fno-math-errno): each span loop
+# below is unswitched on its loop-invariant flags (maximize, has_wd, eps_inside; SGD's momentum mode and
+# nesterov are specialised by hand) and every resulting loop is vectorized (16-byte SSE2, 32-byte with -mavx2, 64-byte with
+# -mavx512f), with a runtime alias check that falls back to the scalar loop when a grad *is* the param.
+
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
+                               PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport sqrt, sqrtf
+from libc.stdlib cimport malloc, free
+
+# The NumPy C-API is used only by the step engine, to check a step's grads in a few nanoseconds each
+# (a typed memoryview costs ~0.5 us per array). The extension is built against NumPy >= 2, which
+# makes one build work with NumPy 1.x and 2.x at run time.
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int cg_max_threads(void) { return omp_get_max_threads(); }
+    #define CG_HAVE_OPENMP 1
+    #else
+    static int cg_max_threads(void) { return 1; }
+    #define CG_HAVE_OPENMP 0
+    #endif
+    """
+    int cg_max_threads() noexcept nogil
+    const int CG_HAVE_OPENMP
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static int cg_cpu_has_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
+    static int cg_cpu_has_avx512(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    }
+    #else
+    static int cg_cpu_has_avx2(void) { return 0; }
+    static int cg_cpu_has_avx512(void) { return 0; }
+    #endif
+    """
+    int cg_cpu_has_avx2() noexcept nogil
+    int cg_cpu_has_avx512() noexcept nogil
+
+cdef extern from *:
+    """
+    #ifndef CG_COMPILE_FLAGS
+    #define CG_COMPILE_FLAGS "unknown"
+    #endif
+    """
+    const char* CG_COMPILE_FLAGS
+
+
+cdef enum:
+    # Below this many elements per thread, starting a thread costs more than it saves.
+    GRAIN = 32768
+
+cdef int _global_threads = 0      # set_num_threads(); 0 means "ask OpenMP at call time"
+cdef bint _forked_child = False   # see _after_fork_in_child()
+
+
+cdef struct Segment:
+    # One tensor of a step: its buffers as raw pointers and its place in the flattened element range.
+    char* param
+    char* state            # AdaGrad: the accumulator G; SGD: the momentum buffer (NULL without momentum)
+    const char* grad       # refreshed at every step
+    Py_ssize_t size
+    Py_ssize_t start       # index of its first element in the concatenation of all segments
+    bint is_double
+
+
+cdef struct AdagradArgs:
+    double clr
+    double weight_decay
+    double eps
+    bint has_weight_decay
+    bint eps_inside_sqrt
+    bint maximize
+
+
+cdef struct SgdArgs:
+    double lr
+    double weight_decay
+    double momentum
+    double one_minus_dampening
+    int momentum_mode      # MOMENTUM_NONE, MOMENTUM_FIRST or MOMENTUM_LATER
+    bint has_weight_decay
+    bint nesterov
+    bint maximize
+
+
+cdef enum:
+    MOMENTUM_NONE = 0
+    MOMENTUM_FIRST = 1     # first step: buf = g
+    MOMENTUM_LATER = 2     # buf = momentum * buf + (1 - dampening) * g
+
+
+# ---------------------------------------------------------------------------------------------------
+# The update rules (../shared/SEMANTICS.md). reference.py holds the same rules in NumPy, in the same
+# operation order; nothing else in the package computes them.
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef void _adagrad_span(floating* p, const floating* grad, floating* G, Py_ssize_t n,
+                        const AdagradArgs* a) noexcept nogil:
+    cdef floating clr = <floating>a.clr
+    cdef floating wd = <floating>a.weight_decay
+    cdef floating eps = <floating>a.eps
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
+    cdef floating g, d
+    cdef Py_ssize_t i
+    for i in range(n):
+        g = grad[i]
+        if maximize:
+            g = -g
+        if has_wd:
+            g = g + wd * p[i]
+        G[i] = G[i] + g * g
+        if inside:
+            d = _sqrt(G[i] + eps)
+        else:
+            d = _sqrt(G[i]) + eps
+        p[i] = p[i] - (clr * g) / d
+
+
+cdef inline void _sgd_span_as(floating* p, const floating* grad, floating* buf, Py_ssize_t n,
+                              const SgdArgs* a, int mode, bint nesterov) noexcept nogil:
+    # Called only with literal mode and nesterov (see _sgd_span), so each caller gets its own loop;
+    # GCC's unswitching alone gave up on five flags and left most SGD loops scalar.
+    cdef floating lr = <floating>a.lr
+    cdef floating wd = <floating>a.weight_decay
+    cdef floating momentum = <floating>a.momentum
+    cdef floating damp1 = <floating>a.one_minus_dampening
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay
+    cdef floating g, b
+    cdef Py_ssize_t i
+    for i in range(n):
+        g = grad[i]
+        if maximize:
+            g = -g
+        if has_wd:
+            g = g + wd * p[i]
+        if mode != MOMENTUM_NONE:
+            if mode == MOMENTUM_FIRST:
+                b = g
+            else:
+                b = momentum * buf[i] + damp1 * g
+            buf[i] = b
+            if nesterov:
+                g = g + momentum * b
+            else:
+                g = b
+        p[i] = p[i] - lr * g
+
+
+cdef void _sgd_span(floating* p, const floating* grad, floating* buf, Py_ssize_t n,
+                    const SgdArgs* a) noexcept nogil:
+    if a.momentum_mode == MOMENTUM_NONE:
+        _sgd_span_as(p, grad, buf, n, a, MOMENTUM_NONE, False)
+    elif a.momentum_mode == MOMENTUM_FIRST:
+        if a.nesterov:
+            _sgd_span_as(p, grad, buf, n, a, MOMENTUM_FIRST, True)
+        else:
+            _sgd_span_as(p, grad, buf, n, a, MOMENTUM_FIRST, False)
+    elif a.nesterov:
+        _sgd_span_as(p, grad, buf, n, a, MOMENTUM_LATER, True)
+    else:
+        _sgd_span_as(p, grad, buf, n, a, MOMENTUM_LATER, False)
+
+
+cdef void _ceiling_span(floating* p, const floating* grad, floating* G, Py_ssize_t n) noexcept nogil:
+    # AdaGrad's memory traffic (read p, grad, G; write p, G) with one addition per store: the
+    # bandwidth ceiling that benchmarks compare against. Not an optimizer.
+    cdef Py_ssize_t i
+    for i in range(n):
+        G[i] = G[i] + grad[i]
+        p[i] = p[i] + grad[i]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Walking a range of the concatenated elements, and splitting the work between threads.
+
+cdef enum:
+    KERNEL_ADAGRAD = 0
+    KERNEL_SGD = 1
+    KERNEL_CEILING = 2
+
+
+cdef inline void _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
+                              const void* args) noexcept nogil:
+    if s.is_double:
+        if kernel == KERNEL_ADAGRAD:
+            _adagrad_span(<double*>s.param + lo, <const double*>s.grad + lo, <double*>s.state + lo, n,
+                          <const AdagradArgs*>args)
+        elif kernel == KERNEL_SGD:
+            _sgd_span(<double*>s.param + lo, <const double*>s.grad + lo,
+                      <double*>s.state + lo if s.state != NULL else NULL, n, <const SgdArgs*>args)
+        else:
+            _ceiling_span(<double*>s.param + lo, <const double*>s.grad + lo, <double*>s.state + lo, n)
+    else:
+        if kernel == KERNEL_ADAGRAD:
+            _adagrad_span(<float*>s.param + lo, <const float*>s.grad + lo, <float*>s.state + lo, n,
+                          <const AdagradArgs*>args)
+        elif kernel == KERNEL_SGD:
+            _sgd_span(<float*>s.param + lo, <const float*>s.grad + lo,
+                      <float*>s.state + lo if s.state != NULL else NULL, n, <const SgdArgs*>args)
+        else:
+            _ceiling_span(<float*>s.param + lo, <const float*>s.grad + lo, <float*>s.state + lo, n)
+
+
+cdef void _run_range(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                     const void* args) noexcept nogil:
+    # Applies the kernel to elements [lo, hi) of the concatenation: each segment overlapping the range
+    # gets one straight loop over its part.
+    cdef Py_ssize_t first = 0, last = k - 1, mid, a, b
+    while first < last:                    # the last segment that starts at or before lo
+        mid = (first + last + 1) // 2
+        if segs[mid].start <= lo:
+            first = mid
+        else:
+            last = mid - 1
+    while first < k and segs[first].start < hi:
+        a = max(lo, segs[first].start) - segs[first].start
+        b = min(hi, segs[first].start + segs[first].size) - segs[first].start
+        if b > a:
+            _run_segment(kernel, &segs[first], a, b - a, args)
+        first += 1
+
+
+cdef inline Py_ssize_t _split_point(Py_ssize_t total, int nthreads, int t) noexcept nogil:
+    # Thread t owns [split(t), split(t + 1)): equal shares rounded down to 64 elements, so that
+    # neighbouring threads do not write into the same cache line of a segment that starts aligned.
+    if t >= nthreads:
+        return total
+    return (total // nthreads * t) & ~(<Py_ssize_t>63)
+
+
+cdef int _threads_for(Py_ssize_t total, int requested) noexcept nogil:
+    cdef int wanted
+    cdef Py_ssize_t useful
+    if _forked_child or not CG_HAVE_OPENMP:
+        return 1
+    if requested > 0:
+        wanted = requested
+    elif _global_threads > 0:
+        wanted = _global_threads
+    else:
+        wanted = cg_max_threads()
+    useful = total // GRAIN
+    if useful < wanted:
+        return <int>useful if useful > 1 else 1
+    return wanted
+
+
+cdef void _run(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t total, int requested_threads,
+               const void* args) noexcept nogil:
+    cdef int nthreads = _threads_for(total, requested_threads)
+    cdef int t
+    if nthreads == 1:
+        _run_range(kernel, segs, k, 0, total, args)
+        return
+    for t in prange(nthreads, schedule='static', num_threads=nthreads):
+        _run_range(kernel, segs, k, _split_point(total, nthreads, t),
+                   _split_point(total, nthreads, t + 1), args)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The step engine: a fixed list of params and state buffers, checked once by the Python layer and kept
+# as raw pointers. A step only re-reads a few header fields of each array (nanoseconds), so stepping
+# the same params again costs no Python-level work. On any mismatch it asks the Python validator,
+# which owns every error message, to explain.
+
+cdef inline bint _same_array(object obj, Segment* s, char* data) noexcept:
+    cdef cnp.ndarray arr = <cnp.ndarray>obj
+    return (<char*>cnp.PyArray_DATA(arr) == data and cnp.PyArray_SIZE(arr) == s.size
+            and cnp.PyArray_ISWRITEABLE(arr))
+
+
+cdef inline bint _grad_fits(object obj, object param_obj, int typenum) noexcept:
+    cdef cnp.ndarray g, p
+    cdef int nd, i
+    if not cnp.PyArray_Check(obj):
+        return False
+    g = <cnp.ndarray>obj
+    p = <cnp.ndarray>param_obj
+    if (cnp.PyArray_TYPE(g) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(g)
+            or not cnp.PyArray_ISALIGNED(g) or cnp.PyArray_ISBYTESWAPPED(g)):
+        return False
+    nd = cnp.PyArray_NDIM(g)
+    if nd != cnp.PyArray_NDIM(p):
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIM(g, i) != cnp.PyArray_DIM(p, i):
+            return False
+    return True
+
+
+cdef inline bint _overlap(const char* a, const char* b, Py_ssize_t nbytes) noexcept:
+    return nbytes > 0 and a < b + nbytes and b < a + nbytes
+
+
+cdef inline bint _grad_alias_ok(const char* grad, Segment* s) noexcept:
+    # A grad may be its own param (a well-defined elementwise update) but must not overlap it partly,
+    # nor share memory with the state, which the step writes before it is done reading the grad.
+    cdef Py_ssize_t nbytes = s.size * (8 if s.is_double else 4)
+    if grad != s.param and _overlap(grad, s.param, nbytes):
+        return False
+    return s.state == NULL or not _overlap(grad, s.state, nbytes)
+
+
+cdef class StepEngine:
+    """Params and their state as raw pointers, stepped in one parallel region.
+
+    Built by cadagrad.optim and cadagrad.functional after cadagrad._checks has validated every array;
+    not a public class. Steps on one engine are serialized by an internal lock; the lock is waited
+    for with the GIL released.
+    """
+    cdef tuple params
+    cdef tuple states
+    cdef object explain
+    cdef bint single
+    cdef Segment* segs
+    cdef Py_ssize_t k
+    cdef Py_ssize_t total
+    cdef PyThread_type_lock lock
+    cdef public Py_ssize_t steps
+
+    def __cinit__(self, params, states, bint single, explain, Py_ssize_t steps=0):
+        """
+        Parameters
+        ----------
+        params : sequence of ndarray
+            Writable, aligned, C-contiguous float32/float64 arrays (already validated).
+        states : sequence of ndarray or None
+            One state buffer per param, same shape and dtype (already validated), or None.
+        single : bool
+            Whether a step takes one grad array rather than a sequence.
+        explain : callable
+            ``explain(grads)`` raises the exception that describes why a step's grads or the params
+            no longer fit.
+        steps : int
+            Steps taken so far.
+        """
+        cdef Py_ssize_t i, start = 0
+        cdef cnp.ndarray p
+        self.params = tuple(params)
+        self.states = tuple(states) if states is not None else None
+        self.single = single
+        self.explain = explain
+        self.steps = steps
+        self.k = len(self.params)
+        self.lock = PyThread_allocate_lock()
+        self.segs = <Segment*>malloc(max(self.k, 1) * sizeof(Segment))
+        if self.segs == NULL or self.lock == NULL:
+            raise MemoryError()
+        for i in range(self.k):
+            p = <cnp.ndarray?>self.params[i]
+            self.segs[i].param = <char*>cnp.PyArray_DATA(p)
+            self.segs[i].state = (<char*>cnp.PyArray_DATA(<cnp.ndarray?>self.states[i])
+                                  if self.states is not None else NULL)
+            self.segs[i].grad = NULL
+            self.segs[i].size = cnp.PyArray_SIZE(p)
+            self.segs[i].start = start
+            self.segs[i].is_double = cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT64
+            start += self.segs[i].size
+        self.total = start
+
+    def __dealloc__(self):
+        free(self.segs)
+        if self.lock != NULL:
+            PyThread_free_lock(self.lock)
+
+    @property
+    def size(self):
+        """Number of elements over all params."""
+        return self.total
+
+    cdef int _acquire(self) except -1:
+        if not PyThread_acquire_lock(self.lock, NOWAIT_LOCK):
+            with nogil:
+                PyThread_acquire_lock(self.lock, WAIT_LOCK)
+        return 0
+
+    cdef int _load_grads(self, grads) except -1:
+        # Checks everything a step touches before anything is written, and stores the grad pointers.
+        cdef Py_ssize_t i
+        cdef object g
+        cdef Segment* s
+        if self.single:
+            if self.k != 1:
+                self.explain(grads)
+            grads = (grads,)
+        elif (type(grads) is not list and type(grads) is not tuple) or len(grads) != self.k:
+            self.explain(grads)
+            raise ValueError("grads do not fit the params")     # explain() always raises
+        for i in range(self.k):
+            s = &self.segs[i]
+            g = grads[i]
+            if (not _grad_fits(g, self.params[i], cnp.PyArray_TYPE(<cnp.ndarray>self.params[i]))
+                    or not _same_array(self.params[i], s, s.param)
+                    or (self.states is not None and not _same_array(self.states[i], s, s.state))
+                    or not _grad_alias_ok(<const char*>cnp.PyArray_DATA(<cnp.ndarray>g), s)):
+                self.explain(grads)
+                raise ValueError(f"grads[{i}] does not fit params[{i}]")
+            s.grad = <const char*>cnp.PyArray_DATA(<cnp.ndarray>g)
+        return 0
+
+    def adagrad(self, grads, double lr, double lr_decay, double weight_decay, double eps,
+                bint eps_inside_sqrt, bint maximize, int num_threads):
+        """Take one AdaGrad step (the rule is in SEMANTICS.md) with ``t = steps + 1``."""
+        cdef AdagradArgs a
+        self._acquire()
+        try:
+            self._load_grads(grads)
+            a.clr = lr / (1.0 + <double>self.steps * lr_decay)     # (t - 1) * lr_decay, in double
+            a.weight_decay = weight_decay
+            a.eps = eps
+            a.has_weight_decay = weight_decay != 0.0
+            a.eps_inside_sqrt = eps_inside_sqrt
+            a.maximize = maximize
+            with nogil:
+                _run(KERNEL_ADAGRAD, self.segs, self.k, self.total, num_threads, &a)
+            self.steps += 1
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def sgd(self, grads, double lr, double weight_decay, double momentum, double dampening,
+            bint nesterov, bint maximize, int num_threads):
+        """Take one SGD step (the rule is in SEMANTICS.md); momentum starts as g at ``steps == 0``."""
+        cdef SgdArgs a
+        self._acquire()
+        try:
+            self._load_grads(grads)
+            a.lr = lr
+            a.weight_decay = weight_decay
+            a.momentum = momentum
+            a.one_minus_dampening = 1.0 - dampening
+            if momentum == 0.0:
+                a.momentum_mode = MOMENTUM_NONE
+            elif self.steps == 0:
+                a.momentum_mode = MOMENTUM_FIRST
+            else:
+                a.momentum_mode = MOMENTUM_LATER
+            if a.momentum_mode != MOMENTUM_NONE and self.states is None:
+                raise ValueError("momentum needs momentum buffers")
+            a.has_weight_decay = weight_decay != 0.0
+            a.nesterov = nesterov
+            a.maximize = maximize
+            with nogil:
+                _run(KERNEL_SGD, self.segs, self.k, self.total, num_threads, &a)
+            self.steps += 1
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def ceiling(self, grads, int num_threads):
+        """Run the ceiling kernel (AdaGrad's memory traffic, trivial arithmetic); changes the buffers."""
+        self._acquire()
+        try:
+            self._load_grads(grads)
+            with nogil:
+                _run(KERNEL_CEILING, self.segs, self.k, self.total, num_threads, NULL)
+        finally:
+            PyThread_release_lock(self.lock)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Threads and build facts.
+
+def set_num_threads(int n):
+    """Set the default thread count of every step (0 restores ``omp_get_max_threads()``)."""
+    global _global_threads
+    _global_threads = n
+
+
+def get_num_threads():
+    """The thread count a large step uses when it names none."""
+    if _forked_child or not CG_HAVE_OPENMP:
+        return 1
+    return _global_threads if _global_threads > 0 else cg_max_threads()
+
+
+def _after_fork_in_child():
+    # GNU OpenMP hangs a forked child that enters a parallel region after its parent used one, so a
+    # forked child steps serially.
+    global _forked_child
+    _forked_child = True
+
+
+def has_openmp():
+    """Whether this build runs steps with OpenMP threads."""
+    return bool(CG_HAVE_OPENMP)
+
+
+PARALLEL_GRAIN = GRAIN
+COMPILE_FLAGS = CG_COMPILE_FLAGS.decode()
+
+
+def cpu_features():
+    """The instruction sets of this CPU that a kernel variant may need (checked with the OS's support)."""
+    return {"avx2": bool(cg_cpu_has_avx2()), "avx512": bool(cg_cpu_has_avx512())}

@@ -1,0 +1,110 @@
+"""One step of AdaGrad or SGD on buffers the caller owns (no optimizer object).
+
+Every call validates all of its arrays, then runs the same compiled kernels as cadagrad.optim. For a
+loop over many small steps, an optimizer object is cheaper: it validates its params once.
+"""
+
+from __future__ import annotations
+
+from . import _checks
+from ._kernels import StepEngine
+from .optim import Params
+
+
+def _engine(params: Params, grads: Params, states: Params | None, states_name: str, steps: int) -> StepEngine:
+    arrays, single = _checks.check_params(params)
+    state_arrays = None if states is None else _checks.check_states(states, arrays, single, states_name)
+    _checks.check_grads(grads, arrays, single, state_arrays)
+
+    def explain(grads: object) -> None:
+        _checks.check_grads(grads, arrays, single, state_arrays)
+
+    return StepEngine(arrays, state_arrays, single, explain, steps)
+
+
+def adagrad_step(
+    params: Params,
+    grads: Params,
+    sums: Params,
+    *,
+    step: int,
+    lr: float = _checks.ADAGRAD_LR,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    eps: float = _checks.ADAGRAD_EPS,
+    eps_inside_sqrt: bool = False,
+    maximize: bool = False,
+    num_threads: int | None = None,
+) -> None:
+    """Apply AdaGrad step ``step`` to ``params`` and their accumulators ``sums``, in place.
+
+    The rule is that of :class:`cadagrad.Adagrad` (see its docstring).
+
+    Parameters
+    ----------
+    params, grads, sums : ndarray or sequence of ndarray
+        Same structure, shapes and float dtype; params and sums are written.
+    step : int
+        The 1-based index of this step (``t``, used by ``lr_decay``).
+    lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, num_threads
+        As for :class:`cadagrad.Adagrad`.
+    """
+    hyper = _checks.adagrad_hyperparameters(
+        lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, initial_accumulator_value=0.0, eps=eps,
+        eps_inside_sqrt=eps_inside_sqrt, maximize=maximize,
+    )
+    t = _checks.check_step(step)
+    threads = _checks.check_num_threads(num_threads)
+    _engine(params, grads, sums, "sums", t - 1).adagrad(
+        grads, hyper["lr"], hyper["lr_decay"], hyper["weight_decay"], hyper["eps"],
+        hyper["eps_inside_sqrt"], hyper["maximize"], threads,
+    )
+
+
+def sgd_step(
+    params: Params,
+    grads: Params,
+    momentum_buffers: Params | None = None,
+    *,
+    step: int,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    num_threads: int | None = None,
+) -> None:
+    """Apply SGD step ``step`` to ``params`` (and ``momentum_buffers``), in place.
+
+    The rule is that of :class:`cadagrad.SGD` (see its docstring); at ``step == 1`` the momentum buffers
+    are overwritten with the gradient, so their content before the first step does not matter.
+
+    Parameters
+    ----------
+    params, grads : ndarray or sequence of ndarray
+        Same structure, shapes and float dtype; params are written.
+    momentum_buffers : ndarray or sequence of ndarray, optional
+        Required when ``momentum != 0``; written.
+    step : int
+        The 1-based index of this step.
+    lr, momentum, dampening, nesterov, weight_decay, maximize, num_threads
+        As for :class:`cadagrad.SGD`.
+    """
+    hyper = _checks.sgd_hyperparameters(
+        lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+        weight_decay=weight_decay, maximize=maximize,
+    )
+    t = _checks.check_step(step)
+    threads = _checks.check_num_threads(num_threads)
+    if hyper["momentum"] != 0.0 and momentum_buffers is None:
+        raise ValueError("momentum_buffers: required when momentum != 0")
+    buffers = momentum_buffers if hyper["momentum"] != 0.0 else None
+    _engine(params, grads, buffers, "momentum_buffers", t - 1).sgd(
+        grads, hyper["lr"], hyper["weight_decay"], hyper["momentum"], hyper["dampening"],
+        hyper["nesterov"], hyper["maximize"], threads,
+    )
+
+
+__all__ = ["adagrad_step", "sgd_step"]
+

@@ -1,0 +1,333 @@
+"""AdaGrad and SGD optimizers that own their state and step NumPy params in place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Union
+
+import numpy as np
+
+from . import _checks
+from ._kernels import StepEngine
+
+Params = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+class _Hyperparameter:
+    """A hyperparameter attribute: reads are plain, writes are validated (or refused if fixed)."""
+
+    def __init__(self, check=None):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+        self.slot = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj, value):
+        if self.check is None:
+            raise AttributeError(f"{self.name} is fixed at construction; build a new optimizer to change it")
+        setattr(obj, self.slot, self.check(value, self.name))
+
+
+class _Optimizer:
+    """What Adagrad and SGD share: the params, the step engine, the step count and state dicts."""
+
+    _state_key: str
+    _hyperparameter_names: tuple[str, ...]
+
+    num_threads = _Hyperparameter(lambda value, name: _checks.check_num_threads(value, name) or None)
+
+    def _set_params(self, params: Params, num_threads: int | None) -> None:
+        self._params, self._single = _checks.check_params(params)
+        self._sizes = [p.size for p in self._params]
+        self._num_threads = _checks.check_num_threads(num_threads) or None
+        self._states: list[np.ndarray] | None = None
+
+    def _set_hyperparameters(self, values: dict) -> None:
+        for name, value in values.items():
+            setattr(self, "_" + name, value)
+
+    def _build_engine(self, steps: int) -> None:
+        self._engine = StepEngine(self._params, self._states, self._single, self._explain, steps)
+
+    def _explain(self, grads: object) -> None:
+        _checks.explain_changed(self._params, self._states, self._sizes)
+        _checks.check_grads(grads, self._params, self._single, self._states)
+
+    @property
+    def params(self) -> list[np.ndarray]:
+        """The arrays this optimizer updates (the caller's own objects)."""
+        return list(self._params)
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken so far (``t`` of the next step is ``step_count + 1``)."""
+        return self._engine.steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of the optimizer's state: step count, hyperparameters and per-param buffers.
+
+        Returns
+        -------
+        dict
+            ``{"optimizer": name, "version": 1, "step": int, "hyperparameters": {...},
+            <state key>: list of ndarray or None}``; the arrays are copies.
+        """
+        return {
+            "optimizer": type(self).__name__,
+            "version": _checks.STATE_DICT_VERSION,
+            "step": self.step_count,
+            "hyperparameters": {name: getattr(self, name) for name in self._hyperparameter_names},
+            self._state_key: None if self._states is None else [s.copy() for s in self._states],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state dict made by ``state_dict()`` of an optimizer over params of the same shapes.
+
+        Everything is validated (keys, step, hyperparameters, every array's shape and dtype) before
+        anything changes; on error the optimizer is left as it was.
+        """
+        _checks.check_state_dict(
+            state_dict,
+            optimizer=type(self).__name__,
+            state_key=self._state_key,
+            hyperparameter_names=self._hyperparameter_names,
+        )
+        hyper = self._validate_hyperparameters(state_dict["hyperparameters"])
+        step = int(state_dict["step"])
+        saved = state_dict[self._state_key]
+        key = f"state_dict[{self._state_key!r}]"
+        if self._needs_state(hyper):
+            if saved is None and step == 0:
+                saved = [np.zeros(p.shape, dtype=p.dtype) for p in self._params]
+            elif not isinstance(saved, (list, tuple)) or len(saved) != len(self._params):
+                raise ValueError(f"{key}: expected a list of {len(self._params)} arrays")
+            for i, (array, param) in enumerate(zip(saved, self._params)):
+                _checks.check_like(array, param, f"{key}[{i}]", f"params[{i}]", writable=False)
+            states = [np.array(a, order="C", copy=True) for a in saved]
+        elif saved is not None:
+            raise ValueError(f"{key}: expected None (these hyperparameters keep no state)")
+        else:
+            states = None
+        self._set_hyperparameters(hyper)
+        self._states = states
+        self._build_engine(step)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._hyperparameter_names)
+        return f"{type(self).__name__}({len(self._params)} params, {sum(self._sizes)} elements, {shown})"
+
+
+class Adagrad(_Optimizer):
+    r"""AdaGrad, in place on float32/float64 NumPy arrays, bit-identical to ``cadagrad.reference``.
+
+    At step ``t`` (1-based), for every element, in this order and in the array's dtype::
+
+        g   = -grad if maximize else grad
+        g   = g + weight_decay * p                   (only if weight_decay != 0)
+        clr = lr / (1 + (t - 1) * lr_decay)          (in double, then cast)
+        G   = G + g * g
+        d   = sqrt(G) + eps    or, with eps_inside_sqrt,    sqrt(G + eps)
+        p   = p - (clr * g) / d
+
+    Parameters
+    ----------
+    params : ndarray or sequence of ndarray
+        Writable, C-contiguous float32/float64 arrays, updated in place; no two may share memory.
+    lr : float, default 0.01
+        Learning rate.
+    lr_decay : float, default 0
+        Learning-rate decay as in PyTorch.
+    weight_decay : float, default 0
+        Coupled L2 penalty added to the gradient.
+    initial_accumulator_value : float, default 0
+        Start value of the accumulator ``G``.
+    eps : float, default 1e-10
+        Added to the denominator (0 allowed: then 0/0 gives NaN, as in NumPy).
+    eps_inside_sqrt : bool, default False
+        ``sqrt(G + eps)`` (Keras, optax, the classic notebook) instead of ``sqrt(G) + eps`` (PyTorch).
+    maximize : bool, default False
+        Ascend instead of descend.
+    num_threads : int or None, default None
+        Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
+
+    Notes
+    -----
+    ``lr``, ``lr_decay``, ``weight_decay``, ``eps`` and ``num_threads`` may be changed between steps
+    (validated); the other options are fixed. Steps on one optimizer from several threads are
+    serialized. The GIL is released while a step runs.
+
+    Examples
+    --------
+    >>> import numpy as np, cadagrad
+    >>> w = np.zeros(3, dtype=np.float32)
+    >>> opt = cadagrad.Adagrad(w, lr=0.1)
+    >>> opt.step(np.array([1.0, -2.0, 0.5], dtype=np.float32))
+    >>> w
+    array([-0.1,  0.1, -0.1], dtype=float32)
+    """
+
+    _state_key = "sum"
+    _hyperparameter_names = (
+        "lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "eps_inside_sqrt", "maximize",
+    )
+    lr = _Hyperparameter(_checks.check_number)
+    lr_decay = _Hyperparameter(_checks.check_number)
+    weight_decay = _Hyperparameter(_checks.check_number)
+    eps = _Hyperparameter(_checks.check_number)
+    initial_accumulator_value = _Hyperparameter()
+    eps_inside_sqrt = _Hyperparameter()
+    maximize = _Hyperparameter()
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float = _checks.ADAGRAD_LR,
+        *,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = _checks.ADAGRAD_EPS,
+        eps_inside_sqrt: bool = False,
+        maximize: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        hyper = _checks.adagrad_hyperparameters(
+            lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value, eps=eps,
+            eps_inside_sqrt=eps_inside_sqrt, maximize=maximize,
+        )
+        self._set_params(params, num_threads)
+        self._set_hyperparameters(hyper)
+        self._states = [np.full(p.shape, hyper["initial_accumulator_value"], dtype=p.dtype) for p in self._params]
+        self._build_engine(0)
+
+    @staticmethod
+    def _validate_hyperparameters(values: dict) -> dict:
+        return _checks.adagrad_hyperparameters(**values)
+
+    @staticmethod
+    def _needs_state(hyper: dict) -> bool:
+        return True
+
+    @property
+    def sums(self) -> list[np.ndarray]:
+        """The accumulators ``G``, one per param (the optimizer's own arrays, not copies)."""
+        return list(self._states)
+
+    def step(self, grads: Params) -> None:
+        """Take one step: update the params and accumulators in place.
+
+        Parameters
+        ----------
+        grads : ndarray or sequence of ndarray
+            Same structure, shapes and dtypes as ``params``. A grad may be its own param; it may not
+            share memory with the accumulators. Every grad is checked before anything is written.
+        """
+        self._engine.adagrad(
+            grads, self._lr, self._lr_decay, self._weight_decay, self._eps,
+            self._eps_inside_sqrt, self._maximize, self._num_threads or 0,
+        )
+
+
+class SGD(_Optimizer):
+    r"""Stochastic gradient descent with momentum, in place, bit-identical to ``cadagrad.reference``.
+
+    At step ``t`` (1-based), for every element, in this order and in the array's dtype::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * p                      (only if weight_decay != 0)
+        if momentum != 0:
+            buf = g                                    at t = 1
+            buf = momentum * buf + (1 - dampening) * g at t > 1
+            g   = g + momentum * buf  if nesterov  else  buf
+        p = p - lr * g
+
+    Parameters
+    ----------
+    params : ndarray or sequence of ndarray
+        Writable, C-contiguous float32/float64 arrays, updated in place; no two may share memory.
+    lr : float
+        Learning rate (required).
+    momentum : float, default 0
+        Momentum factor; 0 keeps no buffers and moves the fewest bytes.
+    dampening : float, default 0
+        Dampening of the momentum.
+    nesterov : bool, default False
+        Nesterov momentum (requires momentum > 0 and dampening == 0).
+    weight_decay : float, default 0
+        Coupled L2 penalty added to the gradient.
+    maximize : bool, default False
+        Ascend instead of descend.
+    num_threads : int or None, default None
+        Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
+
+    Notes
+    -----
+    ``lr``, ``weight_decay`` and ``num_threads`` may be changed between steps; the momentum options are
+    fixed at construction.
+    """
+
+    _state_key = "momentum_buffer"
+    _hyperparameter_names = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize")
+    lr = _Hyperparameter(_checks.check_number)
+    weight_decay = _Hyperparameter(_checks.check_number)
+    momentum = _Hyperparameter()
+    dampening = _Hyperparameter()
+    nesterov = _Hyperparameter()
+    maximize = _Hyperparameter()
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        *,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        maximize: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        hyper = _checks.sgd_hyperparameters(
+            lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+            weight_decay=weight_decay, maximize=maximize,
+        )
+        self._set_params(params, num_threads)
+        self._set_hyperparameters(hyper)
+        if self._needs_state(hyper):
+            self._states = [np.zeros(p.shape, dtype=p.dtype) for p in self._params]
+        self._build_engine(0)
+
+    @staticmethod
+    def _validate_hyperparameters(values: dict) -> dict:
+        return _checks.sgd_hyperparameters(**values)
+
+    @staticmethod
+    def _needs_state(hyper: dict) -> bool:
+        return hyper["momentum"] != 0.0
+
+    @property
+    def momentum_buffers(self) -> list[np.ndarray] | None:
+        """The momentum buffers, one per param (the optimizer's own arrays), or None without momentum.
+
+        Their content is meaningful once a step has been taken.
+        """
+        return None if self._states is None else list(self._states)
+
+    def step(self, grads: Params) -> None:
+        """Take one step: update the params (and momentum buffers) in place.
+
+        Parameters
+        ----------
+        grads : ndarray or sequence of ndarray
+            Same structure, shapes and dtypes as ``params``. A grad may be its own param; it may not
+            share memory with the momentum buffers. Every grad is checked before anything is written.
+        """
+        self._engine.sgd(
+            grads, self._lr, self._weight_decay, self._momentum, self._dampening,
+            self._nesterov, self._maximize, self._num_threads or 0,
+        )

@@ -1,0 +1,129 @@
+"""Build of cadagrad's compiled kernels.
+
+One Cython source (cadagrad/_kernels.pxi) is compiled once per instruction set: a portable ``generic``
+module and, on x86-64 compilers that accept the flags, ``avx2`` and ``avx512`` variants that
+cadagrad._kernels picks at import after asking the CPU. Every variant uses exact IEEE arithmetic
+(no -ffast-math, no FMA contraction), so all give the same bits.
+
+Environment variables read at build time:
+
+CADAGRAD_NO_OPENMP=1       build serially even where the compiler has OpenMP
+CADAGRAD_REQUIRE_OPENMP=1  fail the build if the compiler has no OpenMP (CI sets it)
+CADAGRAD_NATIVE=1          one variant compiled with -march=native, for local use only (not for wheels)
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
+ISA_FLAGS = {
+    "generic": [],
+    "avx2": ["-mavx2"],
+    "avx512": ["-mavx512f", "-mavx512vl", "-mprefer-vector-width=512"],
+}
+OPENMP_FLAGS = ["-fopenmp"]
+
+OPENMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        printf("%d\\n", n > 0 && omp_get_max_threads() > 0);
+        return 0;
+    }
+    """
+)
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+class BuildExt(build_ext):
+    """Cythonizes at build time, probes the compiler, and sets each variant's flags."""
+
+    def finalize_options(self):
+        from Cython.Build import cythonize
+
+        self.distribution.ext_modules = cythonize(
+            self.distribution.ext_modules, compiler_directives={"language_level": 3}
+        )
+        super().finalize_options()
+
+    def _compiles(self, source, flags, *, run=False):
+        tmp = tempfile.mkdtemp(prefix="cadagrad-probe-")
+        try:
+            path = os.path.join(tmp, "probe.c")
+            with open(path, "w") as f:
+                f.write(source)
+            objects = self.compiler.compile([path], output_dir=tmp, extra_postargs=flags)
+            if not run:
+                return True
+            exe = os.path.join(tmp, "probe")
+            self.compiler.link_executable(objects, exe, extra_postargs=flags)
+            return subprocess.run([exe], capture_output=True, text=True, timeout=60).stdout.strip() == "1"
+        except Exception:
+            return False
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def build_extensions(self):
+        openmp = False
+        if _env_flag("CADAGRAD_NO_OPENMP"):
+            print("cadagrad: CADAGRAD_NO_OPENMP is set: building without OpenMP (serial steps)")
+        elif self._compiles(OPENMP_PROBE, OPENMP_FLAGS, run=True):
+            openmp = True
+        elif _env_flag("CADAGRAD_REQUIRE_OPENMP"):
+            sys.exit("cadagrad: CADAGRAD_REQUIRE_OPENMP is set but the compiler cannot build OpenMP code")
+        else:
+            print("cadagrad: WARNING: the compiler has no usable OpenMP; building serial kernels")
+
+        native = _env_flag("CADAGRAD_NATIVE")
+        kept = []
+        for ext in self.extensions:
+            isa = ext.name.rsplit("_", 1)[-1]
+            if native:
+                if isa != "generic":
+                    continue
+                isa_flags = ["-march=native"]
+            else:
+                isa_flags = ISA_FLAGS[isa]
+                if isa_flags and not self._compiles("int main(void) { return 0; }\n", isa_flags):
+                    print(f"cadagrad: the compiler does not take {' '.join(isa_flags)}: no {isa} variant")
+                    continue
+            flags = BASE_FLAGS + isa_flags + (OPENMP_FLAGS if openmp else [])
+            ext.extra_compile_args = flags
+            ext.extra_link_args = OPENMP_FLAGS if openmp else []
+            ext.define_macros = [
+                ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                ("CG_COMPILE_FLAGS", '"' + " ".join(flags) + '"'),
+            ]
+            kept.append(ext)
+        self.extensions = kept
+        super().build_extensions()
+
+
+def _variant(isa):
+    return Extension(
+        f"cadagrad._kernels_{isa}",
+        sources=[f"cadagrad/_kernels_{isa}.pyx"],
+        depends=["cadagrad/_kernels.pxi"],
+        include_dirs=[numpy.get_include()],
+    )
+
+
+setup(
+    ext_modules=[_variant(isa) for isa in ISA_FLAGS],
+    cmdclass={"build_ext": BuildExt},
+)
