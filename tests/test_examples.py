@@ -1,0 +1,68 @@
+"""The seeds' worked examples: the lesson's accumulator table and the notebook's quadratic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cadagrad
+
+
+def test_lesson_table_effective_rates():
+    """Gradients 10, 9, 11, 10, 10 with alpha = 0.1, eps = 1e-8 (outside the root).
+
+    The lesson prints effective rates 0.01, 0.0075, 0.0057, ..., 0.0045 after rounding sqrt(G) by hand
+    before dividing, so its figures are compared to one unit of their last printed digit (1e-4).
+    """
+    w = np.zeros(1, dtype=np.float64)
+    opt = cadagrad.Adagrad(w, lr=0.1, eps=1e-8)
+    accumulators, rates = [], []
+    for g in (10.0, 9.0, 11.0, 10.0, 10.0):
+        opt.step(np.array([g]))
+        G = opt.sums[0][0]
+        accumulators.append(G)
+        rates.append(0.1 / (np.sqrt(G) + 1e-8))
+    assert accumulators == [100.0, 181.0, 302.0, 402.0, 502.0]
+    lesson = {0: 0.01, 1: 0.0075, 2: 0.0057, 4: 0.0045}
+    for step, printed in lesson.items():
+        assert rates[step] == pytest.approx(printed, abs=1e-4), step
+    assert all(a > b for a, b in zip(rates, rates[1:]))        # the rate only ever shrinks
+
+
+def quadratic_grad(x: np.ndarray) -> np.ndarray:
+    """Gradient of f(x) = 0.1 * x1**2 + 5 * x2**2."""
+    return np.array([0.2 * x[0], 10.0 * x[1]])
+
+
+def test_notebook_quadratic_sgd_matches_numpy_expression():
+    x_numpy = np.array([9.0, -3.0])
+    x = x_numpy.copy()
+    opt = cadagrad.SGD(x, lr=0.05)
+    for _ in range(100):
+        opt.step(quadratic_grad(x))
+        x_numpy = x_numpy - 0.05 * quadratic_grad(x_numpy)
+    assert x.tobytes() == x_numpy.tobytes()
+    # SGD crawls along the flat axis: x1 has only shrunk by (1 - 0.05 * 0.2) ** 100.
+    assert x[0] == pytest.approx(9.0 * 0.99**100, rel=1e-12)
+
+
+def test_notebook_quadratic_adagrad_matches_numpy_expression():
+    """The notebook's AdaGrad: G += g*g; x -= eta * g / sqrt(G + 1e-8) (eps inside the root).
+
+    ``eta * g / np.sqrt(...)`` evaluates as ``(eta * g) / sqrt(...)``: the kernel's order, so the
+    comparison is exact.
+    """
+    eta, eps = 0.5, 1e-8
+    x_numpy, G = np.array([9.0, -3.0]), np.zeros(2)
+    x = x_numpy.copy()
+    opt = cadagrad.Adagrad(x, lr=eta, eps=eps, eps_inside_sqrt=True)
+    for _ in range(100):
+        opt.step(quadratic_grad(x))
+        g = quadratic_grad(x_numpy)
+        G += g * g
+        x_numpy = x_numpy - eta * g / np.sqrt(G + eps)
+    assert x.tobytes() == x_numpy.tobytes()
+    assert opt.sums[0].tobytes() == G.tobytes()
+    f = 0.1 * x[0] ** 2 + 5 * x[1] ** 2
+    f_sgd_x1 = 0.1 * (9.0 * 0.99**100) ** 2
+    assert f < f_sgd_x1     # AdaGrad got further down the valley than SGD's flat-axis term alone
