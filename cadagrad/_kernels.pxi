@@ -56,6 +56,21 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    #include <stdint.h>
+    /* Integer views of float bits that may alias the floats (strict aliasing stays on). */
+    #if defined(__GNUC__)
+    typedef uint32_t __attribute__((__may_alias__)) cg_bits32;
+    typedef uint64_t __attribute__((__may_alias__)) cg_bits64;
+    #else
+    typedef uint32_t cg_bits32;
+    typedef uint64_t cg_bits64;
+    #endif
+    """
+    ctypedef unsigned int cg_bits32
+    ctypedef unsigned long long cg_bits64
+
+cdef extern from *:
+    """
     #ifndef CG_COMPILE_FLAGS
     #define CG_COMPILE_FLAGS "unknown"
     #endif
@@ -185,13 +200,37 @@ cdef void _sgd_span(floating* p, const floating* grad, floating* buf, Py_ssize_t
         _sgd_span_as(p, grad, buf, n, a, MOMENTUM_LATER, False)
 
 
-cdef void _ceiling_span(floating* p, const floating* grad, floating* G, Py_ssize_t n) noexcept nogil:
-    # AdaGrad's memory traffic (read p, grad, G; write p, G) with one addition per store: the
-    # bandwidth ceiling that benchmarks compare against. Not an optimizer.
+cdef void _ceiling_span(floating* p, const floating* grad, floating* state, Py_ssize_t n) noexcept nogil:
+    # The memory traffic of a step (read p, grad and the state if any; write p and the state) with one
+    # addition per store: the bandwidth ceiling that benchmarks compare against. Not an optimizer.
     cdef Py_ssize_t i
-    for i in range(n):
-        G[i] = G[i] + grad[i]
-        p[i] = p[i] + grad[i]
+    if state == NULL:
+        for i in range(n):
+            p[i] = p[i] + grad[i]
+    else:
+        for i in range(n):
+            state[i] = state[i] + grad[i]
+            p[i] = p[i] + grad[i]
+
+
+cdef bint _has_nonfinite_span(const floating* grad, Py_ssize_t n) noexcept nogil:
+    # An element is NaN or infinite exactly when all its exponent bits are set. An integer max over the
+    # exponent fields vectorizes (a float reduction would not, without -fassociative-math).
+    cdef Py_ssize_t i
+    cdef const cg_bits32* bits32
+    cdef const cg_bits64* bits64
+    cdef cg_bits32 top32 = 0
+    cdef cg_bits64 top64 = 0
+    if floating is float:
+        bits32 = <const cg_bits32*>grad
+        for i in range(n):
+            top32 = max(top32, bits32[i] & 0x7F800000u)
+        return top32 == 0x7F800000u
+    else:
+        bits64 = <const cg_bits64*>grad
+        for i in range(n):
+            top64 = max(top64, bits64[i] & 0x7FF0000000000000u)
+        return top64 == 0x7FF0000000000000u
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,10 +240,15 @@ cdef enum:
     KERNEL_ADAGRAD = 0
     KERNEL_SGD = 1
     KERNEL_CEILING = 2
+    KERNEL_CHECK_FINITE = 3     # reads the grads only; the range reports whether one is not finite
 
 
-cdef inline void _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
+cdef inline bint _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
                               const void* args) noexcept nogil:
+    if kernel == KERNEL_CHECK_FINITE:
+        if s.is_double:
+            return _has_nonfinite_span(<const double*>s.grad + lo, n)
+        return _has_nonfinite_span(<const float*>s.grad + lo, n)
     if s.is_double:
         if kernel == KERNEL_ADAGRAD:
             _adagrad_span(<double*>s.param + lo, <const double*>s.grad + lo, <double*>s.state + lo, n,
@@ -213,7 +257,8 @@ cdef inline void _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t 
             _sgd_span(<double*>s.param + lo, <const double*>s.grad + lo,
                       <double*>s.state + lo if s.state != NULL else NULL, n, <const SgdArgs*>args)
         else:
-            _ceiling_span(<double*>s.param + lo, <const double*>s.grad + lo, <double*>s.state + lo, n)
+            _ceiling_span(<double*>s.param + lo, <const double*>s.grad + lo,
+                          <double*>s.state + lo if s.state != NULL else NULL, n)
     else:
         if kernel == KERNEL_ADAGRAD:
             _adagrad_span(<float*>s.param + lo, <const float*>s.grad + lo, <float*>s.state + lo, n,
@@ -222,14 +267,17 @@ cdef inline void _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t 
             _sgd_span(<float*>s.param + lo, <const float*>s.grad + lo,
                       <float*>s.state + lo if s.state != NULL else NULL, n, <const SgdArgs*>args)
         else:
-            _ceiling_span(<float*>s.param + lo, <const float*>s.grad + lo, <float*>s.state + lo, n)
+            _ceiling_span(<float*>s.param + lo, <const float*>s.grad + lo,
+                          <float*>s.state + lo if s.state != NULL else NULL, n)
+    return False
 
 
-cdef void _run_range(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+cdef bint _run_range(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
                      const void* args) noexcept nogil:
     # Applies the kernel to elements [lo, hi) of the concatenation: each segment overlapping the range
-    # gets one straight loop over its part.
+    # gets one straight loop over its part. Returns whether any part reported (KERNEL_CHECK_FINITE).
     cdef Py_ssize_t first = 0, last = k - 1, mid, a, b
+    cdef bint found = False
     while first < last:                    # the last segment that starts at or before lo
         mid = (first + last + 1) // 2
         if segs[mid].start <= lo:
@@ -240,8 +288,9 @@ cdef void _run_range(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t lo, Py_
         a = max(lo, segs[first].start) - segs[first].start
         b = min(hi, segs[first].start + segs[first].size) - segs[first].start
         if b > a:
-            _run_segment(kernel, &segs[first], a, b - a, args)
+            found |= _run_segment(kernel, &segs[first], a, b - a, args)
         first += 1
+    return found
 
 
 cdef inline Py_ssize_t _split_point(Py_ssize_t total, int nthreads, int t) noexcept nogil:
@@ -269,16 +318,17 @@ cdef int _threads_for(Py_ssize_t total, int requested) noexcept nogil:
     return wanted
 
 
-cdef void _run(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t total, int requested_threads,
+cdef bint _run(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t total, int requested_threads,
                const void* args) noexcept nogil:
     cdef int nthreads = _threads_for(total, requested_threads)
     cdef int t
+    cdef int found = 0
     if nthreads == 1:
-        _run_range(kernel, segs, k, 0, total, args)
-        return
+        return _run_range(kernel, segs, k, 0, total, args)
     for t in prange(nthreads, schedule='static', num_threads=nthreads):
-        _run_range(kernel, segs, k, _split_point(total, nthreads, t),
-                   _split_point(total, nthreads, t + 1), args)
+        found |= _run_range(kernel, segs, k, _split_point(total, nthreads, t),
+                            _split_point(total, nthreads, t + 1), args)
+    return found != 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -398,6 +448,21 @@ cdef class StepEngine:
                 PyThread_acquire_lock(self.lock, WAIT_LOCK)
         return 0
 
+    cdef bint _any_nonfinite(self, int num_threads):
+        cdef bint found
+        with nogil:
+            found = _run(KERNEL_CHECK_FINITE, self.segs, self.k, self.total, num_threads, NULL)
+        return found
+
+    def has_nonfinite(self, grads, int num_threads=0):
+        """Whether any of ``grads`` (checked as for a step) holds a NaN or an infinity."""
+        self._acquire()
+        try:
+            self._load_grads(grads)
+            return self._any_nonfinite(num_threads)
+        finally:
+            PyThread_release_lock(self.lock)
+
     cdef int _load_grads(self, grads) except -1:
         # Checks everything a step touches before anything is written, and stores the grad pointers.
         cdef Py_ssize_t i
@@ -423,12 +488,17 @@ cdef class StepEngine:
         return 0
 
     def adagrad(self, grads, double lr, double lr_decay, double weight_decay, double eps,
-                bint eps_inside_sqrt, bint maximize, int num_threads):
-        """Take one AdaGrad step (the rule is in SEMANTICS.md) with ``t = steps + 1``."""
+                bint eps_inside_sqrt, bint maximize, int num_threads, bint skip_if_nonfinite=False):
+        """Take one AdaGrad step (the rule is in SEMANTICS.md) with ``t = steps + 1``.
+
+        Returns False, having written nothing, when ``skip_if_nonfinite`` and a grad holds NaN or inf.
+        """
         cdef AdagradArgs a
         self._acquire()
         try:
             self._load_grads(grads)
+            if skip_if_nonfinite and self._any_nonfinite(num_threads):
+                return False
             a.clr = lr / (1.0 + <double>self.steps * lr_decay)     # (t - 1) * lr_decay, in double
             a.weight_decay = weight_decay
             a.eps = eps
@@ -438,16 +508,22 @@ cdef class StepEngine:
             with nogil:
                 _run(KERNEL_ADAGRAD, self.segs, self.k, self.total, num_threads, &a)
             self.steps += 1
+            return True
         finally:
             PyThread_release_lock(self.lock)
 
     def sgd(self, grads, double lr, double weight_decay, double momentum, double dampening,
-            bint nesterov, bint maximize, int num_threads):
-        """Take one SGD step (the rule is in SEMANTICS.md); momentum starts as g at ``steps == 0``."""
+            bint nesterov, bint maximize, int num_threads, bint skip_if_nonfinite=False):
+        """Take one SGD step (the rule is in SEMANTICS.md); momentum starts as g at ``steps == 0``.
+
+        Returns False, having written nothing, when ``skip_if_nonfinite`` and a grad holds NaN or inf.
+        """
         cdef SgdArgs a
         self._acquire()
         try:
             self._load_grads(grads)
+            if skip_if_nonfinite and self._any_nonfinite(num_threads):
+                return False
             a.lr = lr
             a.weight_decay = weight_decay
             a.momentum = momentum
@@ -466,11 +542,12 @@ cdef class StepEngine:
             with nogil:
                 _run(KERNEL_SGD, self.segs, self.k, self.total, num_threads, &a)
             self.steps += 1
+            return True
         finally:
             PyThread_release_lock(self.lock)
 
     def ceiling(self, grads, int num_threads):
-        """Run the ceiling kernel (AdaGrad's memory traffic, trivial arithmetic); changes the buffers."""
+        """Run the ceiling kernel: this engine's memory traffic, trivial arithmetic; changes the buffers."""
         self._acquire()
         try:
             self._load_grads(grads)

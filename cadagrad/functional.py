@@ -35,7 +35,8 @@ def adagrad_step(
     eps_inside_sqrt: bool = False,
     maximize: bool = False,
     num_threads: int | None = None,
-) -> None:
+    skip_if_nonfinite: bool = False,
+) -> bool:
     """Apply AdaGrad step ``step`` to ``params`` and their accumulators ``sums``, in place.
 
     The rule is that of :class:`cadagrad.Adagrad` (see its docstring).
@@ -48,6 +49,13 @@ def adagrad_step(
         The 1-based index of this step (``t``, used by ``lr_decay``).
     lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, num_threads
         As for :class:`cadagrad.Adagrad`.
+    skip_if_nonfinite : bool, default False
+        Write nothing if any grad holds NaN or infinity.
+
+    Returns
+    -------
+    bool
+        True if the step was taken, False if it was skipped.
     """
     hyper = _checks.adagrad_hyperparameters(
         lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, initial_accumulator_value=0.0, eps=eps,
@@ -55,9 +63,9 @@ def adagrad_step(
     )
     t = _checks.check_step(step)
     threads = _checks.check_num_threads(num_threads)
-    _engine(params, grads, sums, "sums", t - 1).adagrad(
+    return _engine(params, grads, sums, "sums", t - 1).adagrad(
         grads, hyper["lr"], hyper["lr_decay"], hyper["weight_decay"], hyper["eps"],
-        hyper["eps_inside_sqrt"], hyper["maximize"], threads,
+        hyper["eps_inside_sqrt"], hyper["maximize"], threads, _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite"),
     )
 
 
@@ -74,7 +82,8 @@ def sgd_step(
     weight_decay: float = 0.0,
     maximize: bool = False,
     num_threads: int | None = None,
-) -> None:
+    skip_if_nonfinite: bool = False,
+) -> bool:
     """Apply SGD step ``step`` to ``params`` (and ``momentum_buffers``), in place.
 
     The rule is that of :class:`cadagrad.SGD` (see its docstring); at ``step == 1`` the momentum buffers
@@ -90,6 +99,13 @@ def sgd_step(
         The 1-based index of this step.
     lr, momentum, dampening, nesterov, weight_decay, maximize, num_threads
         As for :class:`cadagrad.SGD`.
+    skip_if_nonfinite : bool, default False
+        Write nothing if any grad holds NaN or infinity.
+
+    Returns
+    -------
+    bool
+        True if the step was taken, False if it was skipped.
     """
     hyper = _checks.sgd_hyperparameters(
         lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
@@ -100,9 +116,9 @@ def sgd_step(
     if hyper["momentum"] != 0.0 and momentum_buffers is None:
         raise ValueError("momentum_buffers: required when momentum != 0")
     buffers = momentum_buffers if hyper["momentum"] != 0.0 else None
-    _engine(params, grads, buffers, "momentum_buffers", t - 1).sgd(
+    return _engine(params, grads, buffers, "momentum_buffers", t - 1).sgd(
         grads, hyper["lr"], hyper["weight_decay"], hyper["momentum"], hyper["dampening"],
-        hyper["nesterov"], hyper["maximize"], threads,
+        hyper["nesterov"], hyper["maximize"], threads, _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite"),
     )
 
 

@@ -218,7 +218,7 @@ class Adagrad(_Optimizer):
         """The accumulators ``G``, one per param (the optimizer's own arrays, not copies)."""
         return list(self._states)
 
-    def step(self, grads: Params) -> None:
+    def step(self, grads: Params, *, skip_if_nonfinite: bool = False) -> bool:
         """Take one step: update the params and accumulators in place.
 
         Parameters
@@ -226,10 +226,19 @@ class Adagrad(_Optimizer):
         grads : ndarray or sequence of ndarray
             Same structure, shapes and dtypes as ``params``. A grad may be its own param; it may not
             share memory with the accumulators. Every grad is checked before anything is written.
+        skip_if_nonfinite : bool, default False
+            First scan every grad for NaN and infinity (one more read of the grads) and, if one is found,
+            skip the whole step: params, accumulators and the step count stay as they were. Without it,
+            non-finite values propagate as in NumPy.
+
+        Returns
+        -------
+        bool
+            True if the step was taken, False if it was skipped.
         """
-        self._engine.adagrad(
+        return self._engine.adagrad(
             grads, self._lr, self._lr_decay, self._weight_decay, self._eps,
-            self._eps_inside_sqrt, self._maximize, self._num_threads or 0,
+            self._eps_inside_sqrt, self._maximize, self._num_threads or 0, skip_if_nonfinite,
         )
 
 
@@ -318,7 +327,7 @@ class SGD(_Optimizer):
         """
         return None if self._states is None else list(self._states)
 
-    def step(self, grads: Params) -> None:
+    def step(self, grads: Params, *, skip_if_nonfinite: bool = False) -> bool:
         """Take one step: update the params (and momentum buffers) in place.
 
         Parameters
@@ -326,8 +335,15 @@ class SGD(_Optimizer):
         grads : ndarray or sequence of ndarray
             Same structure, shapes and dtypes as ``params``. A grad may be its own param; it may not
             share memory with the momentum buffers. Every grad is checked before anything is written.
+        skip_if_nonfinite : bool, default False
+            As for :meth:`Adagrad.step`: skip the whole step if any grad holds NaN or infinity.
+
+        Returns
+        -------
+        bool
+            True if the step was taken, False if it was skipped.
         """
-        self._engine.sgd(
+        return self._engine.sgd(
             grads, self._lr, self._weight_decay, self._momentum, self._dampening,
-            self._nesterov, self._maximize, self._num_threads or 0,
+            self._nesterov, self._maximize, self._num_threads or 0, skip_if_nonfinite,
         )
