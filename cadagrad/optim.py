@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Union
 
 import numpy as np
 
-from . import _checks
+from . import _checks, checkpoint
 from ._kernels import StepEngine
 
 Params = Union[np.ndarray, Sequence[np.ndarray]]
@@ -115,6 +116,17 @@ class _Optimizer:
         self._set_hyperparameters(hyper)
         self._states = states
         self._build_engine(step)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the optimizer's state to ``path`` (``.npz``), atomically; see :mod:`cadagrad.checkpoint`."""
+        checkpoint.save_state_dict(self.state_dict(), self._state_key, path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore a checkpoint written by :meth:`save`, validated as :meth:`load_state_dict` does.
+
+        A truncated or corrupted file raises ValueError naming the path; the optimizer is unchanged.
+        """
+        self.load_state_dict(checkpoint.load_state_dict(path, self._state_key))
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._hyperparameter_names)

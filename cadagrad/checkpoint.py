@@ -1,0 +1,103 @@
+"""Optimizer checkpoints as ``.npz`` files, written atomically.
+
+Layout (format version 1), one NumPy array per key, no pickles:
+
+==================  ===========================================================================
+``format``          the string ``"cadagrad-checkpoint"``
+``version``         the format version, an int (1)
+``optimizer``       ``"Adagrad"`` or ``"SGD"``
+``step``            the step count, an int
+``hyperparameters`` a JSON object (floats round-trip exactly: JSON keeps Python's shortest repr)
+``state_count``     the number of state arrays; -1 when the optimizer keeps none (SGD without momentum)
+``state_0000`` ...  the per-param state (AdaGrad's ``sum``, SGD's ``momentum_buffer``), in param order
+==================  ===========================================================================
+
+The params themselves are not in the checkpoint: they are the caller's arrays (save them beside it).
+``save`` writes a temporary file in the target's directory, flushes and fsyncs it, renames it over
+the target (atomic on POSIX), then fsyncs the directory, so a crash leaves either the old checkpoint or
+the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+FORMAT = "cadagrad-checkpoint"
+VERSION = 1
+
+
+def save_state_dict(state_dict: dict[str, Any], state_key: str, path: str | os.PathLike) -> None:
+    """Write ``state_dict`` (from an optimizer's ``state_dict()``) to ``path`` atomically."""
+    path = os.fspath(path)
+    states = state_dict[state_key]
+    arrays = {
+        "format": np.array(FORMAT),
+        "version": np.array(VERSION),
+        "optimizer": np.array(state_dict["optimizer"]),
+        "step": np.array(state_dict["step"], dtype=np.int64),
+        "hyperparameters": np.array(json.dumps(state_dict["hyperparameters"])),
+        "state_count": np.array(-1 if states is None else len(states), dtype=np.int64),
+    }
+    for i, array in enumerate(states or []):
+        arrays[f"state_{i:04d}"] = array
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".cadagrad-", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def load_state_dict(path: str | os.PathLike, state_key: str) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_state_dict` back into a state dict.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a complete cadagrad checkpoint of a known version (truncated, corrupted,
+        another kind of file); the message names the path.
+    """
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            files = set(data.files)
+            if "format" not in files or str(data["format"]) != FORMAT:
+                raise ValueError(f"{path}: not a cadagrad checkpoint")
+            version = int(data["version"])
+            if version != VERSION:
+                raise ValueError(f"{path}: checkpoint format version {version}, expected {VERSION}")
+            count = int(data["state_count"])
+            states = None if count < 0 else [data[f"state_{i:04d}"] for i in range(count)]
+            return {
+                "optimizer": str(data["optimizer"]),
+                "version": 1,
+                "step": int(data["step"]),
+                "hyperparameters": json.loads(str(data["hyperparameters"])),
+                state_key: states,
+            }
+    except (zipfile.BadZipFile, EOFError, KeyError, OSError, json.JSONDecodeError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: unreadable cadagrad checkpoint ({type(exc).__name__}: {exc})") from exc
+    except ValueError as exc:
+        if str(exc).startswith(path):
+            raise
+        raise ValueError(f"{path}: unreadable cadagrad checkpoint ({exc})") from exc
