@@ -1,0 +1,37 @@
+"""Steps over more than 2^31 elements index with 64-bit offsets (needs ~9 GiB; skipped with less)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cadagrad
+
+GIB = 1 << 30
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo, or 0 where there is none (then the test is skipped)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@pytest.mark.skipif(available_memory() < 12 * GIB, reason="needs 12 GiB of available memory")
+def test_a_dense_step_past_2_31_elements_updates_the_last_elements():
+    n = (1 << 31) + 64
+    p = np.zeros(n, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    head, tail = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    p[:64], p[-64:] = head, tail
+    # The grad is the param itself (a documented, well-defined case), so one 8 GiB buffer suffices:
+    # p = p - 0.5 * p, over every element, the ones past index 2^31 included.
+    assert cadagrad.sgd_step(p, p, step=1, lr=0.5) is True
+    np.testing.assert_array_equal(p[:64], head - np.float32(0.5) * head)
+    np.testing.assert_array_equal(p[-64:], tail - np.float32(0.5) * tail)
+    assert not p[1 << 30 : (1 << 30) + 1024].any()
