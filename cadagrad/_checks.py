@@ -130,7 +130,7 @@ def explain_changed(params: list[np.ndarray], states: list[np.ndarray] | None, s
         if param.size != size:
             raise ValueError(f"params[{i}]: was resized from {size} to {param.size} elements after set-up")
         if states is not None:
-            check_like(states[i], param, f"state[{i}]", f"params[{i}]", writable=True)
+            check_float_array(states[i], f"state[{i}]", writable=True)
 
 
 def check_number(value: object, name: str, *, minimum: float | None = 0.0) -> float:
@@ -187,7 +187,7 @@ ADAGRAD_EPS = 1e-10
 
 
 def adagrad_hyperparameters(
-    *, lr, lr_decay, weight_decay, initial_accumulator_value, eps, eps_inside_sqrt, maximize
+    *, lr, lr_decay, weight_decay, initial_accumulator_value, eps, eps_inside_sqrt, maximize, rowwise=False
 ) -> dict:
     """Validate AdaGrad's hyperparameters; returns them as plain floats and bools."""
     return {
@@ -198,6 +198,7 @@ def adagrad_hyperparameters(
         "eps": check_number(eps, "eps"),
         "eps_inside_sqrt": check_flag(eps_inside_sqrt, "eps_inside_sqrt"),
         "maximize": check_flag(maximize, "maximize"),
+        "rowwise": check_flag(rowwise, "rowwise"),
     }
 
 
@@ -239,3 +240,50 @@ def check_state_dict(
 
 
 STATE_DICT_VERSION = 1
+
+
+def check_rowwise_params(params: list[np.ndarray], single: bool) -> None:
+    """Row-wise AdaGrad keeps one accumulator per row: every param must be 2-D with columns."""
+    for i, p in enumerate(params):
+        if p.ndim != 2 or p.shape[1] == 0:
+            name = "params" if single else f"params[{i}]"
+            raise ValueError(f"{name}: rowwise=True needs 2-D params (rows, columns >= 1), got shape {p.shape}")
+
+
+def check_rows(
+    indices: object, rows: object, param: object, params: list[np.ndarray], states: list[np.ndarray] | None
+) -> int:
+    """Validate a sparse-rows step; returns the index of the param it updates."""
+    if isinstance(param, (bool, np.bool_)) or not isinstance(param, numbers.Integral):
+        raise TypeError(f"param: expected an int (which param), got {type(param).__name__}")
+    if not 0 <= param < len(params):
+        raise ValueError(f"param: expected 0 <= param < {len(params)}, got {param}")
+    i = int(param)
+    target = params[i]
+    if target.ndim != 2:
+        raise ValueError(f"params[{i}]: sparse rows need a 2-D param (rows, columns), got shape {target.shape}")
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices: expected a numpy.ndarray of int32 or int64, got {type(indices).__name__}")
+    if indices.dtype not in (np.dtype(np.int32), np.dtype(np.int64)) or not indices.dtype.isnative:
+        raise TypeError(f"indices: expected dtype int32 or int64, got {indices.dtype}")
+    if indices.ndim != 1:
+        raise ValueError(f"indices: expected a 1-D array, got shape {indices.shape}")
+    if not indices.flags.c_contiguous or not indices.flags.aligned:
+        raise ValueError("indices: expected a contiguous, aligned array")
+    check_float_array(rows, "rows", writable=False)
+    if rows.dtype != target.dtype:
+        raise TypeError(f"rows: expected dtype {target.dtype} (as params[{i}]), got {rows.dtype}")
+    expected = (indices.shape[0], target.shape[1])
+    if rows.shape != expected:
+        raise ValueError(f"rows: expected shape {expected} (one row of params[{i}] per index), got {rows.shape}")
+    rows_range = _byte_range(rows)
+    if _overlaps(rows_range, _byte_range(target)) or (states is not None and _overlaps(rows_range, _byte_range(states[i]))):
+        raise ValueError(f"rows: shares memory with params[{i}] or its optimizer state")
+    return i
+
+
+def index_out_of_range(indices: np.ndarray, position: int, param: int, nrows: int) -> ValueError:
+    """The error for ``indices[position]`` outside ``[0, nrows)``."""
+    return ValueError(
+        f"indices[{position}]: {int(indices[position])} is out of range for params[{param}] with {nrows} rows"
+    )

@@ -15,7 +15,10 @@ from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThr
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
-from libc.stdlib cimport malloc, free
+from cython.parallel cimport threadid
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memset
 
 # The NumPy C-API is used only by the step engine, to check a step's grads in a few nanoseconds each
 # (a typed memoryview costs ~0.5 us per array). The extension is built against NumPy >= 2, which
@@ -93,6 +96,8 @@ cdef struct Segment:
     const char* grad       # refreshed at every step
     Py_ssize_t size
     Py_ssize_t start       # index of its first element in the concatenation of all segments
+    Py_ssize_t cols        # row-wise AdaGrad: elements per row (one accumulator per row); else 0
+    Py_ssize_t state_size  # elements of the state: size, or size // cols when row-wise
     bint is_double
 
 
@@ -153,6 +158,42 @@ cdef void _adagrad_span(floating* p, const floating* grad, floating* G, Py_ssize
         else:
             d = _sqrt(G[i]) + eps
         p[i] = p[i] - (clr * g) / d
+
+
+cdef void _adagrad_rowwise_rows(floating* p, const floating* grad, floating* G, Py_ssize_t rows,
+                                Py_ssize_t cols, const AdagradArgs* a) noexcept nogil:
+    # Row-wise AdaGrad (FBGEMM's rule): G_row = G_row + mean(g * g) over the row, the sum taken left to
+    # to right (the reference's np.cumsum order), then every element of the row divides by one d.
+    cdef floating clr = <floating>a.clr
+    cdef floating wd = <floating>a.weight_decay
+    cdef floating eps = <floating>a.eps
+    cdef floating width = <floating>cols
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
+    cdef floating g, d, total
+    cdef Py_ssize_t r, j
+    for r in range(rows):
+        total = 0
+        for j in range(cols):
+            g = grad[j]
+            if maximize:
+                g = -g
+            if has_wd:
+                g = g + wd * p[j]
+            total = total + g * g
+        G[r] = G[r] + total / width
+        if inside:
+            d = _sqrt(G[r] + eps)
+        else:
+            d = _sqrt(G[r]) + eps
+        for j in range(cols):
+            g = grad[j]
+            if maximize:
+                g = -g
+            if has_wd:
+                g = g + wd * p[j]
+            p[j] = p[j] - (clr * g) / d
+        p += cols
+        grad += cols
 
 
 cdef inline void _sgd_span_as(floating* p, const floating* grad, floating* buf, Py_ssize_t n,
@@ -249,6 +290,25 @@ cdef inline bint _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t 
         if s.is_double:
             return _has_nonfinite_span(<const double*>s.grad + lo, n)
         return _has_nonfinite_span(<const float*>s.grad + lo, n)
+    cdef Py_ssize_t row, last_row
+    if s.cols > 0:
+        # Row-wise segment: the rows whose first element lies in [lo, lo + n) belong to this range.
+        row = (lo + s.cols - 1) // s.cols
+        last_row = (lo + n + s.cols - 1) // s.cols
+        if kernel == KERNEL_ADAGRAD and last_row > row:
+            if s.is_double:
+                _adagrad_rowwise_rows(<double*>s.param + row * s.cols, <const double*>s.grad + row * s.cols,
+                                      <double*>s.state + row, last_row - row, s.cols, <const AdagradArgs*>args)
+            else:
+                _adagrad_rowwise_rows(<float*>s.param + row * s.cols, <const float*>s.grad + row * s.cols,
+                                      <float*>s.state + row, last_row - row, s.cols, <const AdagradArgs*>args)
+            return False
+        if kernel == KERNEL_CEILING:     # the per-row state is a negligible part of the traffic
+            if s.is_double:
+                _ceiling_span(<double*>s.param + lo, <const double*>s.grad + lo, <double*>NULL, n)
+            else:
+                _ceiling_span(<float*>s.param + lo, <const float*>s.grad + lo, <float*>NULL, n)
+        return False
     if s.is_double:
         if kernel == KERNEL_ADAGRAD:
             _adagrad_span(<double*>s.param + lo, <const double*>s.grad + lo, <double*>s.state + lo, n,
@@ -331,15 +391,133 @@ cdef bint _run(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t total, int re
     return found != 0
 
 
+
+# ---------------------------------------------------------------------------------------------------
+# Sparse rows: a step that names k rows of a 2-D param (V, D) costs O(k * D), whatever V is.
+
+cdef inline Py_ssize_t _read_index(const char* indices, bint wide, Py_ssize_t j) noexcept nogil:
+    if wide:
+        return <Py_ssize_t>(<const int64_t*>indices)[j]
+    return <Py_ssize_t>(<const int32_t*>indices)[j]
+
+
+cdef Py_ssize_t _group_rows(const char* indices, bint wide, Py_ssize_t k, Py_ssize_t nrows,
+                            Py_ssize_t* work) noexcept nogil:
+    # Groups the k indices by row in O(k): an open-addressing hash table maps each distinct row to a
+    # slot numbered in order of first appearance, then a counting pass lists each slot's occurrences in
+    # order of appearance. Fills, inside work (see _work_size): uniq[n_unique], first[n_unique + 1] and
+    # order[k]. Returns the number of distinct rows, or -(j + 1) if indices[j] is out of [0, nrows).
+    cdef Py_ssize_t table_size = 16, bits = 4, mask, j, h, v, u, n_unique = 0
+    while table_size < 2 * k:
+        table_size *= 2
+        bits += 1
+    mask = table_size - 1
+    cdef Py_ssize_t* keys = work
+    cdef Py_ssize_t* slots = keys + table_size
+    cdef Py_ssize_t* uniq = slots + table_size
+    cdef Py_ssize_t* first = uniq + k
+    cdef Py_ssize_t* order = first + k + 1
+    cdef Py_ssize_t* slot_of = order + k
+    cdef Py_ssize_t* cursor = slot_of + k
+    memset(keys, 0xFF, table_size * sizeof(Py_ssize_t))          # every key -1: empty
+    for j in range(k):
+        v = _read_index(indices, wide, j)
+        if v < 0 or v >= nrows:
+            return -(j + 1)
+        h = <Py_ssize_t>((<uint64_t>v * <uint64_t>0x9E3779B97F4A7C15ULL) >> (64 - bits))
+        while keys[h] != -1 and keys[h] != v:
+            h = (h + 1) & mask
+        if keys[h] == -1:
+            keys[h] = v
+            slots[h] = n_unique
+            uniq[n_unique] = v
+            cursor[n_unique] = 0
+            n_unique += 1
+        slot_of[j] = slots[h]
+        cursor[slots[h]] += 1
+    first[0] = 0
+    for u in range(n_unique):
+        first[u + 1] = first[u] + cursor[u]
+        cursor[u] = first[u]
+    for j in range(k):
+        order[cursor[slot_of[j]]] = j
+        cursor[slot_of[j]] += 1
+    return n_unique
+
+
+cdef inline Py_ssize_t _work_size(Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t table_size = 16
+    while table_size < 2 * k:
+        table_size *= 2
+    return 2 * table_size + 5 * k + 1
+
+
+cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floating* rows,
+                            const char* indices, bint wide, const Py_ssize_t* work, Py_ssize_t k,
+                            Py_ssize_t u0, Py_ssize_t u1, floating* acc, const void* args) noexcept nogil:
+    # Updates distinct rows u0..u1-1. With work == NULL (assume_unique) row u is indices[u] and its
+    # gradient is rows[u]; else the gradient is the sum, from zero and in order of appearance, of the
+    # rows naming it (the reference's np.add.at into zeros).
+    cdef floating* param = <floating*>s.param
+    cdef floating* state = <floating*>s.state
+    cdef const floating* g
+    cdef const floating* src
+    cdef const Py_ssize_t* uniq = NULL
+    cdef const Py_ssize_t* first = NULL
+    cdef const Py_ssize_t* order = NULL
+    cdef Py_ssize_t u, o, c, row
+    if work != NULL:
+        uniq = work + (_work_size(k) - 5 * k - 1)
+        first = uniq + k
+        order = first + k + 1
+    for u in range(u0, u1):
+        if work == NULL:
+            row = _read_index(indices, wide, u)
+            g = rows + u * width
+        else:
+            row = uniq[u]
+            for c in range(width):
+                acc[c] = 0
+            for o in range(first[u], first[u + 1]):
+                src = rows + order[o] * width
+                for c in range(width):
+                    acc[c] = acc[c] + src[c]
+            g = acc
+        if kernel == KERNEL_ADAGRAD:
+            if s.cols > 0:
+                _adagrad_rowwise_rows(param + row * width, g, state + row, 1, width, <const AdagradArgs*>args)
+            else:
+                _adagrad_span(param + row * width, g, state + row * width, width, <const AdagradArgs*>args)
+        else:
+            _sgd_span(param + row * width, g, state + row * width if state != NULL else NULL, width,
+                      <const SgdArgs*>args)
+
+
+cdef void _apply_rows(int kernel, Segment* s, Py_ssize_t width, const char* rows, const char* indices,
+                      bint wide, const Py_ssize_t* work, Py_ssize_t k, Py_ssize_t n_rows,
+                      char* scratch, int requested_threads, const void* args) noexcept nogil:
+    cdef int nthreads = _threads_for(n_rows * width, requested_threads)
+    cdef int t
+    cdef Py_ssize_t itemsize = 8 if s.is_double else 4
+    for t in prange(nthreads, schedule='static', num_threads=nthreads):
+        if s.is_double:
+            _apply_rows_typed(kernel, s, width, <const double*>rows, indices, wide, work, k,
+                              n_rows * t // nthreads, n_rows * (t + 1) // nthreads,
+                              <double*>(scratch + t * width * itemsize), args)
+        else:
+            _apply_rows_typed(kernel, s, width, <const float*>rows, indices, wide, work, k,
+                              n_rows * t // nthreads, n_rows * (t + 1) // nthreads,
+                              <float*>(scratch + t * width * itemsize), args)
+
 # ---------------------------------------------------------------------------------------------------
 # The step engine: a fixed list of params and state buffers, checked once by the Python layer and kept
 # as raw pointers. A step only re-reads a few header fields of each array (nanoseconds), so stepping
 # the same params again costs no Python-level work. On any mismatch it asks the Python validator,
 # which owns every error message, to explain.
 
-cdef inline bint _same_array(object obj, Segment* s, char* data) noexcept:
+cdef inline bint _same_array(object obj, char* data, Py_ssize_t size) noexcept:
     cdef cnp.ndarray arr = <cnp.ndarray>obj
-    return (<char*>cnp.PyArray_DATA(arr) == data and cnp.PyArray_SIZE(arr) == s.size
+    return (<char*>cnp.PyArray_DATA(arr) == data and cnp.PyArray_SIZE(arr) == size
             and cnp.PyArray_ISWRITEABLE(arr))
 
 
@@ -369,10 +547,10 @@ cdef inline bint _overlap(const char* a, const char* b, Py_ssize_t nbytes) noexc
 cdef inline bint _grad_alias_ok(const char* grad, Segment* s) noexcept:
     # A grad may be its own param (a well-defined elementwise update) but must not overlap it partly,
     # nor share memory with the state, which the step writes before it is done reading the grad.
-    cdef Py_ssize_t nbytes = s.size * (8 if s.is_double else 4)
-    if grad != s.param and _overlap(grad, s.param, nbytes):
+    cdef Py_ssize_t itemsize = 8 if s.is_double else 4
+    if grad != s.param and _overlap(grad, s.param, s.size * itemsize):
         return False
-    return s.state == NULL or not _overlap(grad, s.state, nbytes)
+    return s.state == NULL or not _overlap(grad, s.state, s.state_size * itemsize)
 
 
 cdef class StepEngine:
@@ -390,9 +568,13 @@ cdef class StepEngine:
     cdef Py_ssize_t k
     cdef Py_ssize_t total
     cdef PyThread_type_lock lock
+    cdef Py_ssize_t* work          # sparse-row grouping scratch, grown, never shrunk
+    cdef Py_ssize_t work_cap
+    cdef char* row_scratch         # one accumulation row per thread for sparse steps, grown
+    cdef Py_ssize_t row_scratch_cap
     cdef public Py_ssize_t steps
 
-    def __cinit__(self, params, states, bint single, explain, Py_ssize_t steps=0):
+    def __cinit__(self, params, states, bint single, explain, Py_ssize_t steps=0, row_widths=None):
         """
         Parameters
         ----------
@@ -407,6 +589,9 @@ cdef class StepEngine:
             no longer fit.
         steps : int
             Steps taken so far.
+        row_widths : sequence of int, optional
+            Per param: 0 for element-wise state, or the row width D of a row-wise AdaGrad param whose
+            state holds one accumulator per row (``size // D`` elements).
         """
         cdef Py_ssize_t i, start = 0
         cdef cnp.ndarray p
@@ -427,6 +612,9 @@ cdef class StepEngine:
                                   if self.states is not None else NULL)
             self.segs[i].grad = NULL
             self.segs[i].size = cnp.PyArray_SIZE(p)
+            self.segs[i].cols = row_widths[i] if row_widths is not None else 0
+            self.segs[i].state_size = (self.segs[i].size // self.segs[i].cols if self.segs[i].cols > 0
+                                       else self.segs[i].size)
             self.segs[i].start = start
             self.segs[i].is_double = cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT64
             start += self.segs[i].size
@@ -434,6 +622,8 @@ cdef class StepEngine:
 
     def __dealloc__(self):
         free(self.segs)
+        free(self.work)
+        free(self.row_scratch)
         if self.lock != NULL:
             PyThread_free_lock(self.lock)
 
@@ -479,8 +669,8 @@ cdef class StepEngine:
             s = &self.segs[i]
             g = grads[i]
             if (not _grad_fits(g, self.params[i], cnp.PyArray_TYPE(<cnp.ndarray>self.params[i]))
-                    or not _same_array(self.params[i], s, s.param)
-                    or (self.states is not None and not _same_array(self.states[i], s, s.state))
+                    or not _same_array(self.params[i], s.param, s.size)
+                    or (self.states is not None and not _same_array(self.states[i], s.state, s.state_size))
                     or not _grad_alias_ok(<const char*>cnp.PyArray_DATA(<cnp.ndarray>g), s)):
                 self.explain(grads)
                 raise ValueError(f"grads[{i}] does not fit params[{i}]")
@@ -543,6 +733,109 @@ cdef class StepEngine:
                 _run(KERNEL_SGD, self.segs, self.k, self.total, num_threads, &a)
             self.steps += 1
             return True
+        finally:
+            PyThread_release_lock(self.lock)
+
+    cdef int _reserve(self, Py_ssize_t work_size, Py_ssize_t scratch_bytes) except -1:
+        cdef void* grown
+        if work_size > self.work_cap:
+            grown = realloc(self.work, work_size * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.work, self.work_cap = <Py_ssize_t*>grown, work_size
+        if scratch_bytes > self.row_scratch_cap:
+            grown = realloc(self.row_scratch, scratch_bytes)
+            if grown == NULL:
+                raise MemoryError()
+            self.row_scratch, self.row_scratch_cap = <char*>grown, scratch_bytes
+        return 0
+
+    cdef Py_ssize_t _rows_step(self, int kernel, Py_ssize_t index, indices, rows, bint assume_unique,
+                               const void* args, int num_threads) except -2:
+        # Returns -1 after the update, or the position of the first index out of range (nothing written).
+        cdef Segment* s = &self.segs[index]
+        cdef cnp.ndarray param = <cnp.ndarray>self.params[index]
+        cdef cnp.ndarray idx = <cnp.ndarray?>indices
+        cdef cnp.ndarray grad_rows = <cnp.ndarray?>rows
+        cdef Py_ssize_t nrows = cnp.PyArray_DIM(param, 0), width = cnp.PyArray_DIM(param, 1)
+        cdef Py_ssize_t k = cnp.PyArray_SIZE(idx), n_rows, j, v
+        cdef bint wide = cnp.PyArray_TYPE(idx) == cnp.NPY_INT64
+        cdef const char* idx_data = <const char*>cnp.PyArray_DATA(idx)
+        cdef const char* rows_data = <const char*>cnp.PyArray_DATA(grad_rows)
+        cdef int nthreads = _threads_for(k * width, num_threads)
+        if (not _same_array(param, s.param, s.size)
+                or (self.states is not None and not _same_array(self.states[index], s.state, s.state_size))):
+            self.explain(None)
+            raise ValueError(f"params[{index}] changed after set-up")
+        self._reserve(0 if assume_unique else _work_size(k), nthreads * width * (8 if s.is_double else 4))
+        with nogil:
+            if assume_unique:
+                n_rows = k
+                for j in range(k):
+                    v = _read_index(idx_data, wide, j)
+                    if v < 0 or v >= nrows:
+                        n_rows = -(j + 1)
+                        break
+            else:
+                n_rows = _group_rows(idx_data, wide, k, nrows, self.work)
+            if n_rows >= 0:
+                _apply_rows(kernel, s, width, rows_data, idx_data, wide,
+                            NULL if assume_unique else self.work, k, n_rows, self.row_scratch,
+                            nthreads, args)
+        return -1 if n_rows >= 0 else -n_rows - 1
+
+    def adagrad_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr,
+                     double lr_decay, double weight_decay, double eps, bint eps_inside_sqrt,
+                     bint maximize, int num_threads):
+        """AdaGrad on the rows ``indices`` of 2-D param ``index`` (validated by the caller).
+
+        Duplicate indices are summed first (unless ``assume_unique``). Returns -1 after the step, or the
+        position of the first index out of range, in which case nothing was written.
+        """
+        cdef AdagradArgs a
+        cdef Py_ssize_t bad
+        self._acquire()
+        try:
+            a.clr = lr / (1.0 + <double>self.steps * lr_decay)
+            a.weight_decay = weight_decay
+            a.eps = eps
+            a.has_weight_decay = weight_decay != 0.0
+            a.eps_inside_sqrt = eps_inside_sqrt
+            a.maximize = maximize
+            bad = self._rows_step(KERNEL_ADAGRAD, index, indices, rows, assume_unique, &a, num_threads)
+            if bad == -1:
+                self.steps += 1
+            return bad
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def sgd_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr, double weight_decay,
+                 double momentum, double dampening, bint nesterov, bint maximize, int num_threads):
+        """SGD on the rows ``indices`` of 2-D param ``index``; momentum buffers of other rows stay put.
+
+        Returns -1 after the step, or the position of the first index out of range (nothing written).
+        """
+        cdef SgdArgs a
+        cdef Py_ssize_t bad
+        self._acquire()
+        try:
+            a.lr = lr
+            a.weight_decay = weight_decay
+            a.momentum = momentum
+            a.one_minus_dampening = 1.0 - dampening
+            if momentum == 0.0:
+                a.momentum_mode = MOMENTUM_NONE
+            elif self.steps == 0:
+                a.momentum_mode = MOMENTUM_FIRST
+            else:
+                a.momentum_mode = MOMENTUM_LATER
+            a.has_weight_decay = weight_decay != 0.0
+            a.nesterov = nesterov
+            a.maximize = maximize
+            bad = self._rows_step(KERNEL_SGD, index, indices, rows, assume_unique, &a, num_threads)
+            if bad == -1:
+                self.steps += 1
+            return bad
         finally:
             PyThread_release_lock(self.lock)
 

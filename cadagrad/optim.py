@@ -51,12 +51,25 @@ class _Optimizer:
         for name, value in values.items():
             setattr(self, "_" + name, value)
 
+    def _row_widths(self) -> list[int] | None:
+        return None
+
     def _build_engine(self, steps: int) -> None:
-        self._engine = StepEngine(self._params, self._states, self._single, self._explain, steps)
+        self._engine = StepEngine(
+            self._params, self._states, self._single, self._explain, steps, self._row_widths()
+        )
 
     def _explain(self, grads: object) -> None:
         _checks.explain_changed(self._params, self._states, self._sizes)
         _checks.check_grads(grads, self._params, self._single, self._states)
+
+    def _check_rows(self, indices: object, rows: object, param: object) -> int:
+        _checks.explain_changed(self._params, self._states, self._sizes)
+        return _checks.check_rows(indices, rows, param, self._params, self._states)
+
+    def _raise_if_out_of_range(self, bad: int, indices: np.ndarray, param: int) -> None:
+        if bad >= 0:
+            raise _checks.index_out_of_range(indices, bad, param, self._params[param].shape[0])
 
     @property
     def params(self) -> list[np.ndarray]:
@@ -106,8 +119,9 @@ class _Optimizer:
                 saved = [np.zeros(p.shape, dtype=p.dtype) for p in self._params]
             elif not isinstance(saved, (list, tuple)) or len(saved) != len(self._params):
                 raise ValueError(f"{key}: expected a list of {len(self._params)} arrays")
-            for i, (array, param) in enumerate(zip(saved, self._params)):
-                _checks.check_like(array, param, f"{key}[{i}]", f"params[{i}]", writable=False)
+            shapes = self._states if self._states is not None else self._params
+            for i, (array, like) in enumerate(zip(saved, shapes)):
+                _checks.check_like(array, like, f"{key}[{i}]", f"the state of params[{i}]", writable=False)
             states = [np.array(a, order="C", copy=True) for a in saved]
         elif saved is not None:
             raise ValueError(f"{key}: expected None (these hyperparameters keep no state)")
@@ -163,6 +177,10 @@ class Adagrad(_Optimizer):
         ``sqrt(G + eps)`` (Keras, optax, the classic notebook) instead of ``sqrt(G) + eps`` (PyTorch).
     maximize : bool, default False
         Ascend instead of descend.
+    rowwise : bool, default False
+        Row-wise AdaGrad (FBGEMM's rule) for 2-D params: one accumulator per row,
+        ``G_row = G_row + mean(g_row * g_row)`` (summed left to right), ``sqrt(G_row)`` for the whole row;
+        state memory falls by the row width.
     num_threads : int or None, default None
         Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
 
@@ -185,6 +203,7 @@ class Adagrad(_Optimizer):
     _state_key = "sum"
     _hyperparameter_names = (
         "lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "eps_inside_sqrt", "maximize",
+        "rowwise",
     )
     lr = _Hyperparameter(_checks.check_number)
     lr_decay = _Hyperparameter(_checks.check_number)
@@ -193,6 +212,7 @@ class Adagrad(_Optimizer):
     initial_accumulator_value = _Hyperparameter()
     eps_inside_sqrt = _Hyperparameter()
     maximize = _Hyperparameter()
+    rowwise = _Hyperparameter()
 
     def __init__(
         self,
@@ -205,21 +225,34 @@ class Adagrad(_Optimizer):
         eps: float = _checks.ADAGRAD_EPS,
         eps_inside_sqrt: bool = False,
         maximize: bool = False,
+        rowwise: bool = False,
         num_threads: int | None = None,
     ) -> None:
         hyper = _checks.adagrad_hyperparameters(
             lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value, eps=eps,
-            eps_inside_sqrt=eps_inside_sqrt, maximize=maximize,
+            eps_inside_sqrt=eps_inside_sqrt, maximize=maximize, rowwise=rowwise,
         )
         self._set_params(params, num_threads)
+        if hyper["rowwise"]:
+            _checks.check_rowwise_params(self._params, self._single)
         self._set_hyperparameters(hyper)
-        self._states = [np.full(p.shape, hyper["initial_accumulator_value"], dtype=p.dtype) for p in self._params]
+        self._states = [
+            np.full(p.shape[:1] if self._rowwise else p.shape, hyper["initial_accumulator_value"], dtype=p.dtype)
+            for p in self._params
+        ]
         self._build_engine(0)
 
-    @staticmethod
-    def _validate_hyperparameters(values: dict) -> dict:
-        return _checks.adagrad_hyperparameters(**values)
+    def _row_widths(self) -> list[int] | None:
+        return [p.shape[1] for p in self._params] if self._rowwise else None
+
+    def _validate_hyperparameters(self, values: dict) -> dict:
+        checked = _checks.adagrad_hyperparameters(**values)
+        if checked["rowwise"] != self._rowwise:
+            raise ValueError(
+                f"state_dict['hyperparameters']['rowwise']: expected {self._rowwise} (fixed at construction)"
+            )
+        return checked
 
     @staticmethod
     def _needs_state(hyper: dict) -> bool:
@@ -227,8 +260,44 @@ class Adagrad(_Optimizer):
 
     @property
     def sums(self) -> list[np.ndarray]:
-        """The accumulators ``G``, one per param (the optimizer's own arrays, not copies)."""
+        """The accumulators ``G``, one per param (the optimizer's own arrays, not copies).
+
+        Each has its param's shape, or with ``rowwise=True`` one element per row.
+        """
         return list(self._states)
+
+    def step_rows(
+        self, indices: np.ndarray, rows: np.ndarray, *, param: int = 0, assume_unique: bool = False
+    ) -> None:
+        """Take one step on some rows of a 2-D param (an embedding table), leaving the others untouched.
+
+        Costs O(k x D) for k indices, whatever the number of rows V. Counts as one step of the optimizer
+        (``step_count`` and ``lr_decay`` advance). Weight decay, if any, applies to the named rows only.
+
+        Parameters
+        ----------
+        indices : ndarray of int32 or int64, shape (k,)
+            Rows of ``params[param]`` in ``[0, V)``. Duplicates are summed first (in order of
+            appearance, from zero), as PyTorch, TensorFlow and Paddle do.
+        rows : ndarray, shape (k, D)
+            The gradient rows, in the param's dtype.
+        param : int, default 0
+            Which param (an index into ``params``).
+        assume_unique : bool, default False
+            Promise that ``indices`` has no duplicates, skipping the grouping pass. With duplicates
+            anyway, the result is unspecified (threads race on the repeated rows).
+
+        Raises
+        ------
+        ValueError, TypeError
+            For a bad index, shape or dtype; nothing is written.
+        """
+        i = self._check_rows(indices, rows, param)
+        bad = self._engine.adagrad_rows(
+            i, indices, rows, assume_unique, self._lr, self._lr_decay, self._weight_decay, self._eps,
+            self._eps_inside_sqrt, self._maximize, self._num_threads or 0,
+        )
+        self._raise_if_out_of_range(bad, indices, i)
 
     def step(self, grads: Params, *, skip_if_nonfinite: bool = False) -> bool:
         """Take one step: update the params and accumulators in place.
@@ -323,8 +392,7 @@ class SGD(_Optimizer):
             self._states = [np.zeros(p.shape, dtype=p.dtype) for p in self._params]
         self._build_engine(0)
 
-    @staticmethod
-    def _validate_hyperparameters(values: dict) -> dict:
+    def _validate_hyperparameters(self, values: dict) -> dict:
         return _checks.sgd_hyperparameters(**values)
 
     @staticmethod
@@ -338,6 +406,22 @@ class SGD(_Optimizer):
         Their content is meaningful once a step has been taken.
         """
         return None if self._states is None else list(self._states)
+
+    def step_rows(
+        self, indices: np.ndarray, rows: np.ndarray, *, param: int = 0, assume_unique: bool = False
+    ) -> None:
+        """Take one step on some rows of a 2-D param; the other rows are not touched.
+
+        As :meth:`Adagrad.step_rows`. With momentum this is TensorFlow's lazy rule: only the named rows'
+        momentum buffers move; a row named for the first time after step 1 starts from a zero buffer
+        (``buf = (1 - dampening) * g``), where a dense step would have decayed it all along.
+        """
+        i = self._check_rows(indices, rows, param)
+        bad = self._engine.sgd_rows(
+            i, indices, rows, assume_unique, self._lr, self._weight_decay, self._momentum,
+            self._dampening, self._nesterov, self._maximize, self._num_threads or 0,
+        )
+        self._raise_if_out_of_range(bad, indices, i)
 
     def step(self, grads: Params, *, skip_if_nonfinite: bool = False) -> bool:
         """Take one step: update the params (and momentum buffers) in place.

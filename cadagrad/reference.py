@@ -14,32 +14,60 @@ def _as_list(arrays):
     return [arrays] if isinstance(arrays, np.ndarray) else list(arrays)
 
 
+def _summed_rows(indices, rows, assume_unique):
+    """The distinct rows named by ``indices`` and their gradients, duplicates summed from zero in order."""
+    if assume_unique:
+        return indices, rows
+    unique, inverse = np.unique(indices, return_inverse=True)
+    summed = np.zeros((len(unique), rows.shape[1]), dtype=rows.dtype)
+    np.add.at(summed, inverse.ravel(), rows)
+    return unique, summed
+
+
 class Adagrad:
     """AdaGrad (PyTorch's rule; ``eps_inside_sqrt`` for Keras / optax / the classic notebook)."""
 
     def __init__(self, params, lr=0.01, *, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, eps_inside_sqrt=False, maximize=False, num_threads=None):
+                 eps=1e-10, eps_inside_sqrt=False, maximize=False, rowwise=False, num_threads=None):
         self.params = _as_list(params)
         self.lr, self.lr_decay, self.weight_decay, self.eps = lr, lr_decay, weight_decay, eps
-        self.eps_inside_sqrt, self.maximize = eps_inside_sqrt, maximize
-        self.sums = [np.full(p.shape, initial_accumulator_value, dtype=p.dtype) for p in self.params]
+        self.eps_inside_sqrt, self.maximize, self.rowwise = eps_inside_sqrt, maximize, rowwise
+        self.sums = [np.full(p.shape[:1] if rowwise else p.shape, initial_accumulator_value, dtype=p.dtype)
+                     for p in self.params]
         self.step_count = 0
 
-    def step(self, grads):
-        self.step_count += 1
-        t = self.step_count
-        clr = self.lr / (1 + (t - 1) * self.lr_decay)        # in double (Python float)
-        for p, grad, G in zip(self.params, _as_list(grads), self.sums):
-            dtype = p.dtype.type
-            g = -grad if self.maximize else grad
-            if self.weight_decay != 0:
-                g = g + dtype(self.weight_decay) * p
+    def _update(self, p, grad, G, clr):
+        dtype = p.dtype.type
+        g = -grad if self.maximize else grad
+        if self.weight_decay != 0:
+            g = g + dtype(self.weight_decay) * p
+        if self.rowwise:                                  # one accumulator per row: the mean of g*g,
+            G += np.cumsum(g * g, axis=1)[:, -1] / dtype(p.shape[1])   # summed left to right
+            G = G[:, None]
+        else:
             G += g * g
-            if self.eps_inside_sqrt:
-                d = np.sqrt(G + dtype(self.eps))
-            else:
-                d = np.sqrt(G) + dtype(self.eps)
-            p -= (dtype(clr) * g) / d
+        if self.eps_inside_sqrt:
+            d = np.sqrt(G + dtype(self.eps))
+        else:
+            d = np.sqrt(G) + dtype(self.eps)
+        p -= (dtype(clr) * g) / d
+
+    def _next_clr(self):
+        self.step_count += 1
+        return self.lr / (1 + (self.step_count - 1) * self.lr_decay)     # in double (Python float)
+
+    def step(self, grads):
+        clr = self._next_clr()
+        for p, grad, G in zip(self.params, _as_list(grads), self.sums):
+            self._update(p, grad, G, clr)
+
+    def step_rows(self, indices, rows, *, param=0, assume_unique=False):
+        clr = self._next_clr()
+        p, G = self.params[param], self.sums[param]
+        named, g = _summed_rows(indices, rows, assume_unique)
+        p_rows, G_rows = p[named], G[named]               # copies, updated, then written back
+        self._update(p_rows, g, G_rows, clr)
+        p[named], G[named] = p_rows, G_rows
 
 
 class SGD:
@@ -53,18 +81,32 @@ class SGD:
         self.momentum_buffers = [np.zeros_like(p) for p in self.params] if momentum != 0 else None
         self.step_count = 0
 
+    def _update(self, p, grad, buf):
+        dtype = p.dtype.type
+        g = -grad if self.maximize else grad
+        if self.weight_decay != 0:
+            g = g + dtype(self.weight_decay) * p
+        if self.momentum != 0:
+            if self.step_count == 1:
+                buf[...] = g
+            else:
+                buf[...] = dtype(self.momentum) * buf + dtype(1 - self.dampening) * g
+            g = g + dtype(self.momentum) * buf if self.nesterov else buf
+        p -= dtype(self.lr) * g
+
     def step(self, grads):
         self.step_count += 1
         for i, (p, grad) in enumerate(zip(self.params, _as_list(grads))):
-            dtype = p.dtype.type
-            g = -grad if self.maximize else grad
-            if self.weight_decay != 0:
-                g = g + dtype(self.weight_decay) * p
-            if self.momentum != 0:
-                buf = self.momentum_buffers[i]
-                if self.step_count == 1:
-                    buf[...] = g
-                else:
-                    buf[...] = dtype(self.momentum) * buf + dtype(1 - self.dampening) * g
-                g = g + dtype(self.momentum) * buf if self.nesterov else buf
-            p -= dtype(self.lr) * g
+            self._update(p, grad, self.momentum_buffers[i] if self.momentum != 0 else None)
+
+    def step_rows(self, indices, rows, *, param=0, assume_unique=False):
+        """Only the named rows move, their momentum buffers too (TensorFlow's lazy rule)."""
+        self.step_count += 1
+        p = self.params[param]
+        named, g = _summed_rows(indices, rows, assume_unique)
+        p_rows = p[named]
+        buf_rows = self.momentum_buffers[param][named] if self.momentum != 0 else None
+        self._update(p_rows, g, buf_rows)
+        p[named] = p_rows
+        if buf_rows is not None:
+            self.momentum_buffers[param][named] = buf_rows
