@@ -14,6 +14,12 @@ from ._kernels import StepEngine
 Params = Union[np.ndarray, Sequence[np.ndarray]]
 
 
+def _filled(shape: tuple[int, ...], value: float, dtype: np.dtype) -> np.ndarray:
+    # np.zeros maps untouched pages lazily, so the accumulators of a huge embedding table cost memory
+    # only for the rows that sparse steps touch.
+    return np.zeros(shape, dtype=dtype) if value == 0.0 else np.full(shape, value, dtype=dtype)
+
+
 class _Hyperparameter:
     """A hyperparameter attribute: reads are plain, writes are validated (or refused if fixed)."""
 
@@ -238,7 +244,7 @@ class Adagrad(_Optimizer):
             _checks.check_rowwise_params(self._params, self._single)
         self._set_hyperparameters(hyper)
         self._states = [
-            np.full(p.shape[:1] if self._rowwise else p.shape, hyper["initial_accumulator_value"], dtype=p.dtype)
+            _filled(p.shape[:1] if self._rowwise else p.shape, hyper["initial_accumulator_value"], p.dtype)
             for p in self._params
         ]
         self._build_engine(0)
