@@ -74,6 +74,24 @@ cdef extern from *:
 
 cdef extern from *:
     """
+    /* Asks for every cache line of [p, p + nbytes) ahead of use: sparse steps jump between rows that
+       no hardware prefetcher can guess. */
+    static inline void cg_prefetch(const void* p, Py_ssize_t nbytes, int for_write) {
+    #if defined(__GNUC__)
+        const char* c = (const char*)p;
+        Py_ssize_t off;
+        for (off = 0; off < nbytes; off += 64) {
+            if (for_write) __builtin_prefetch(c + off, 1, 3); else __builtin_prefetch(c + off, 0, 3);
+        }
+    #else
+        (void)p; (void)nbytes; (void)for_write;
+    #endif
+    }
+    """
+    void cg_prefetch(const void* p, Py_ssize_t nbytes, int for_write) noexcept nogil
+
+cdef extern from *:
+    """
     #ifndef CG_COMPILE_FLAGS
     #define CG_COMPILE_FLAGS "unknown"
     #endif
@@ -395,6 +413,10 @@ cdef bint _run(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t total, int re
 # ---------------------------------------------------------------------------------------------------
 # Sparse rows: a step that names k rows of a 2-D param (V, D) costs O(k * D), whatever V is.
 
+cdef enum:
+    PREFETCH_ROWS = 8            # how far ahead sparse steps prefetch rows (measured: see bench)
+
+
 cdef inline Py_ssize_t _read_index(const char* indices, bint wide, Py_ssize_t j) noexcept nogil:
     if wide:
         return <Py_ssize_t>(<const int64_t*>indices)[j]
@@ -465,12 +487,21 @@ cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floa
     cdef const Py_ssize_t* uniq = NULL
     cdef const Py_ssize_t* first = NULL
     cdef const Py_ssize_t* order = NULL
-    cdef Py_ssize_t u, o, c, row
+    cdef Py_ssize_t u, o, c, row, ahead
+    cdef Py_ssize_t row_bytes = width * sizeof(floating)
+    cdef Py_ssize_t state_bytes = sizeof(floating) if s.cols > 0 else row_bytes
+    cdef Py_ssize_t state_width = 1 if s.cols > 0 else width
     if work != NULL:
         uniq = work + (_work_size(k) - 5 * k - 1)
         first = uniq + k
         order = first + k + 1
     for u in range(u0, u1):
+        ahead = u + PREFETCH_ROWS
+        if ahead < u1:           # the param and state rows this thread updates a few rows from now
+            ahead = _read_index(indices, wide, ahead) if work == NULL else uniq[ahead]
+            cg_prefetch(param + ahead * width, row_bytes, 1)
+            if state != NULL:
+                cg_prefetch(state + ahead * state_width, state_bytes, 1)
         if work == NULL:
             row = _read_index(indices, wide, u)
             g = rows + u * width
@@ -479,6 +510,8 @@ cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floa
             for c in range(width):
                 acc[c] = 0
             for o in range(first[u], first[u + 1]):
+                if o + PREFETCH_ROWS < first[u + 1]:
+                    cg_prefetch(rows + order[o + PREFETCH_ROWS] * width, row_bytes, 0)
                 src = rows + order[o] * width
                 for c in range(width):
                     acc[c] = acc[c] + src[c]
@@ -493,20 +526,52 @@ cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floa
                       <const SgdArgs*>args)
 
 
+cdef Py_ssize_t _row_split(const Py_ssize_t* work, Py_ssize_t k, Py_ssize_t n_rows, int nthreads,
+                           int t) noexcept nogil:
+    # Thread t updates distinct rows [split(t), split(t + 1)), balanced by work: a distinct row costs its
+    # occurrences (rows to sum) plus about two for its update. Zipf-like ids put hundreds of duplicates
+    # on a few rows, so an even split by row count would leave one thread with most of the work.
+    cdef const Py_ssize_t* first
+    cdef Py_ssize_t lo = 0, hi = n_rows, mid, target
+    if t >= nthreads:
+        return n_rows
+    if work == NULL:
+        return n_rows * t // nthreads
+    first = work + (_work_size(k) - 4 * k - 1)   # first[u]: occurrences before distinct row u (layout: _group_rows)
+    target = (first[n_rows] + 2 * n_rows) * t // nthreads
+    while lo < hi:                                 # the first u whose cumulative cost reaches target
+        mid = (lo + hi) // 2
+        if first[mid] + 2 * mid < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 cdef void _apply_rows(int kernel, Segment* s, Py_ssize_t width, const char* rows, const char* indices,
                       bint wide, const Py_ssize_t* work, Py_ssize_t k, Py_ssize_t n_rows,
                       char* scratch, int requested_threads, const void* args) noexcept nogil:
-    cdef int nthreads = _threads_for(n_rows * width, requested_threads)
+    cdef int nthreads = _threads_for(k * width, requested_threads)
     cdef int t
     cdef Py_ssize_t itemsize = 8 if s.is_double else 4
+    if nthreads == 1:
+        if s.is_double:
+            _apply_rows_typed(kernel, s, width, <const double*>rows, indices, wide, work, k, 0, n_rows,
+                              <double*>scratch, args)
+        else:
+            _apply_rows_typed(kernel, s, width, <const float*>rows, indices, wide, work, k, 0, n_rows,
+                              <float*>scratch, args)
+        return
     for t in prange(nthreads, schedule='static', num_threads=nthreads):
         if s.is_double:
             _apply_rows_typed(kernel, s, width, <const double*>rows, indices, wide, work, k,
-                              n_rows * t // nthreads, n_rows * (t + 1) // nthreads,
+                              _row_split(work, k, n_rows, nthreads, t),
+                              _row_split(work, k, n_rows, nthreads, t + 1),
                               <double*>(scratch + t * width * itemsize), args)
         else:
             _apply_rows_typed(kernel, s, width, <const float*>rows, indices, wide, work, k,
-                              n_rows * t // nthreads, n_rows * (t + 1) // nthreads,
+                              _row_split(work, k, n_rows, nthreads, t),
+                              _row_split(work, k, n_rows, nthreads, t + 1),
                               <float*>(scratch + t * width * itemsize), args)
 
 # ---------------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ from .optim import SGD, Adagrad
 FULL_SIZES = tuple(1 << k for k in range(10, 27, 2))     # 2^10 .. 2^26
 QUICK_SIZES = (1 << 10, 1 << 16, 1 << 22)
 MANY_TENSORS = (1000, 1000)                              # 1,000 tensors of 1,000 elements
+SPARSE_ROWS = (10**6, 10**7)                             # embedding tables of V rows ...
+SPARSE_WIDTH, SPARSE_BATCH = 64, 4096                    # ... x 64 float32 columns; 4,096 indices a step
+ZIPF_EXPONENT = 1.2                                      # many duplicates, as real id streams have
 
 ALGORITHMS = {
     # name: (optimizer factory, reference factory, torch factory name, torch kwargs, has state)
@@ -183,6 +186,58 @@ def cases(sizes: tuple[int, ...], threads: list[int], many_tensors: bool) -> lis
     return out
 
 
+def measure_sparse(nrows: int, *, repeats: int, with_reference: bool) -> dict[str, float]:
+    """Median seconds per AdaGrad ``step_rows`` on a (nrows, 64) float32 table with Zipf indices."""
+    rng = np.random.default_rng(0)
+    batches = [
+        (rng.zipf(ZIPF_EXPONENT, SPARSE_BATCH) % nrows, rng.standard_normal((SPARSE_BATCH, SPARSE_WIDTH)).astype(np.float32))
+        for _ in range(8)
+    ]
+    table = np.zeros((nrows, SPARSE_WIDTH), dtype=np.float32)
+    opt = Adagrad(table, lr=0.01)
+    impls: dict[str, Callable[[int], None]] = {"cadagrad": lambda b: opt.step_rows(*batches[b])}
+    if with_reference:
+        ref = reference.Adagrad(table, lr=0.01)
+        impls["reference"] = lambda b: ref.step_rows(*batches[b])
+    torch = _torch()
+    if torch is not None:
+        weight = torch.nn.Parameter(torch.from_numpy(table))
+        topt = torch.optim.Adagrad([weight], lr=0.01)
+        sparse = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(r), table.shape)
+                  for i, r in batches]
+
+        def torch_step(b: int) -> None:
+            weight.grad = sparse[b]
+            topt.step()
+
+        impls["torch sparse"] = torch_step
+    samples: dict[str, list[float]] = {name: [] for name in impls}
+    for r in range(repeats):
+        for name, step in impls.items():
+            start = time.perf_counter()
+            for b in range(len(batches)):
+                step(b)
+            samples[name].append((time.perf_counter() - start) / len(batches))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def format_sparse_table(results: dict[int, dict[str, float]]) -> str:
+    """A Markdown table of the sparse-rows results."""
+    rows = [["sparse adagrad step_rows", "median", "x ref", "x torch sparse"]]
+    for nrows, medians in results.items():
+        t = medians["cadagrad"]
+        rows.append([
+            f"V={nrows:.0e} x {SPARSE_WIDTH} f32, k={SPARSE_BATCH} zipf",
+            _format_time(t),
+            f"{medians['reference'] / t:.1f}" if "reference" in medians else "-",
+            f"{medians['torch sparse'] / t:.1f}" if "torch sparse" in medians else "-",
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cadagrad bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="samples per implementation (median kept)")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) NumPy reference")
     parser.add_argument("--no-many-tensors", action="store_true", help="skip the 1,000 x 1,000 case")
+    parser.add_argument("--no-sparse", action="store_true", help="skip the sparse embedding-table case")
     args = parser.parse_args(argv)
 
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [get_num_threads()]
@@ -211,4 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         set_num_threads(None)
     print(format_table(results))
+    if not args.no_sparse:
+        sparse = {}
+        for nrows in SPARSE_ROWS:
+            print(f"sparse rows, V = {nrows:.0e}", file=sys.stderr, flush=True)
+            sparse[nrows] = measure_sparse(nrows, repeats=repeats, with_reference=not args.no_reference)
+        print()
+        print(format_sparse_table(sparse))
     return 0
