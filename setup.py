@@ -71,7 +71,9 @@ class BuildExt(build_ext):
             if not run:
                 return True
             exe = os.path.join(tmp, "probe")
-            self.compiler.link_executable(objects, exe, extra_postargs=flags)
+            # distutils links executables without $LDFLAGS; the extensions get them, so the probe does.
+            link_flags = flags + os.environ.get("LDFLAGS", "").split()
+            self.compiler.link_executable(objects, exe, extra_postargs=link_flags)
             return subprocess.run([exe], capture_output=True, text=True, timeout=60).stdout.strip() == "1"
         except Exception:
             return False
