@@ -52,7 +52,7 @@ def flat_arrays(
     sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
     total = sum(sizes)
     raw = np.empty(total * dtype.itemsize + _ALIGNMENT, dtype=np.uint8)
-    offset = -raw.__array_interface__["data"][0] % _ALIGNMENT
+    offset = -raw.ctypes.data % _ALIGNMENT
     flat = raw[offset : offset + total * dtype.itemsize].view(dtype)
     flat.fill(fill)
     views, start = [], 0
