@@ -1,48 +1,55 @@
-"""pytest-benchmark cases: ``pytest bench/ --benchmark-only`` (not part of the default test run).
+"""pytest-benchmark cases: ``pytest bench/ --benchmark-only`` (never part of the default test run).
 
-Each case steps the same buffers repeatedly; the figures that matter are the ratios between cases of
-one run (these machines are shared and noisy).
+The same cases as ``python -m cadagrad bench`` (built by cadagrad.bench, so both measure the same
+thing): each group holds cadagrad, the ceiling kernel with the same memory traffic, the NumPy reference
+and torch's fused/foreach optimizers when torch is installed. Compare within a group: these machines are
+shared and noisy, so ratios of one run are what count.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
 
 import cadagrad
-from cadagrad import reference
+from cadagrad import bench
 
-SIZES = {"2e16": 1 << 16, "2e20": 1 << 20, "2e24": 1 << 24}  # 2eN: 2 to the N
-
-
-def _buffers(size, dtype):
-    rng = np.random.default_rng(0)
-    return rng.standard_normal(size).astype(dtype), (rng.standard_normal(size) * 1e-3).astype(dtype)
-
-
-@pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("impl", ["cadagrad", "reference"])
-def test_adagrad_step(benchmark, impl, dtype, size):
-    param, grad = _buffers(SIZES[size], dtype)
-    module = cadagrad if impl == "cadagrad" else reference
-    opt = module.Adagrad(param, lr=0.01)
-    benchmark.group = f"adagrad {np.dtype(dtype).name} {size}"
-    benchmark(opt.step, grad)
+IMPLEMENTATIONS = ["cadagrad", "ceiling", "reference", "torch fused", "torch foreach"]
+DENSE = [
+    bench.Case(algorithm, np.dtype(dtype), 1, size, cadagrad.get_num_threads())
+    for algorithm, dtype, size in itertools.product(bench.ALGORITHMS, (np.float32, np.float64), bench.QUICK_SIZES)
+] + [
+    bench.Case(algorithm, np.dtype(np.float32), *bench.MANY_TENSORS, cadagrad.get_num_threads())
+    for algorithm in bench.ALGORITHMS
+]
 
 
-@pytest.mark.parametrize("size", list(SIZES), ids=list(SIZES))
-@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["plain", "momentum"])
-@pytest.mark.parametrize("impl", ["cadagrad", "reference"])
-def test_sgd_step(benchmark, impl, momentum, size):
-    param, grad = _buffers(SIZES[size], np.float32)
-    module = cadagrad if impl == "cadagrad" else reference
-    opt = module.SGD(param, lr=0.01, momentum=momentum)
-    benchmark.group = f"sgd momentum={momentum} float32 {size}"
-    benchmark(opt.step, grad)
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", DENSE, ids=[c.label.replace(" ", "-") for c in DENSE])
+def test_dense_step(benchmark, case, impl):
+    steps = bench.implementations(case, with_reference=impl == "reference")
+    if impl not in steps:
+        pytest.skip(f"{impl} is not available here")
+    benchmark.group = case.label
+    benchmark.extra_info["bytes_per_step"] = case.bytes_per_step()
+    benchmark(steps[impl])
 
 
-def test_one_element_adagrad_step(benchmark):
-    param, grad = _buffers(1, np.float32)
+@pytest.mark.parametrize("impl", ["cadagrad", "reference", "torch sparse"])
+@pytest.mark.parametrize("nrows", bench.SPARSE_ROWS)
+def test_sparse_rows_step(benchmark, nrows, impl):
+    steps, nbatches = bench.sparse_implementations(nrows, with_reference=impl == "reference")
+    if impl not in steps:
+        pytest.skip(f"{impl} is not available here")
+    batch = itertools.cycle(range(nbatches))
+    benchmark.group = f"sparse rows V={nrows:.0e}"
+    benchmark(lambda: steps[impl](next(batch)))
+
+
+def test_one_element_step(benchmark):
+    param, grad = np.zeros(1, dtype=np.float32), np.ones(1, dtype=np.float32)
     opt = cadagrad.Adagrad(param)
+    benchmark.group = "per-call overhead"
     benchmark(opt.step, grad)

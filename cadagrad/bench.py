@@ -78,7 +78,7 @@ def _torch():
     return torch
 
 
-def _implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], None]]:
+def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], None]]:
     """One zero-argument step per implementation, all on the same param and grad buffers."""
     rng = np.random.default_rng(0)
     params = [rng.standard_normal(case.size).astype(case.dtype) for _ in range(case.tensors)]
@@ -122,7 +122,7 @@ def measure(case: Case, *, repeats: int, with_reference: bool) -> Result:
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(case.threads)
-    impls = _implementations(case, with_reference)
+    impls = implementations(case, with_reference)
     counts = {name: _calls_per_sample(step, 2e-3) for name, step in impls.items()}
     samples: dict[str, list[float]] = {name: [] for name in impls}
     for _ in range(repeats):
@@ -186,8 +186,11 @@ def cases(sizes: tuple[int, ...], threads: list[int], many_tensors: bool) -> lis
     return out
 
 
-def measure_sparse(nrows: int, *, repeats: int, with_reference: bool) -> dict[str, float]:
-    """Median seconds per AdaGrad ``step_rows`` on a (nrows, 64) float32 table with Zipf indices."""
+def sparse_implementations(nrows: int, with_reference: bool) -> tuple[dict[str, Callable[[int], None]], int]:
+    """AdaGrad ``step_rows`` on a (nrows, 64) float32 table with Zipf indices, per implementation.
+
+    Returns the steps (each takes a batch number) and the number of batches.
+    """
     rng = np.random.default_rng(0)
     batches = [
         (rng.zipf(ZIPF_EXPONENT, SPARSE_BATCH) % nrows, rng.standard_normal((SPARSE_BATCH, SPARSE_WIDTH)).astype(np.float32))
@@ -211,13 +214,19 @@ def measure_sparse(nrows: int, *, repeats: int, with_reference: bool) -> dict[st
             topt.step()
 
         impls["torch sparse"] = torch_step
+    return impls, len(batches)
+
+
+def measure_sparse(nrows: int, *, repeats: int, with_reference: bool) -> dict[str, float]:
+    """Median seconds per sparse step of each implementation, interleaved."""
+    impls, nbatches = sparse_implementations(nrows, with_reference)
     samples: dict[str, list[float]] = {name: [] for name in impls}
-    for r in range(repeats):
+    for _ in range(repeats):
         for name, step in impls.items():
             start = time.perf_counter()
-            for b in range(len(batches)):
+            for b in range(nbatches):
                 step(b)
-            samples[name].append((time.perf_counter() - start) / len(batches))
+            samples[name].append((time.perf_counter() - start) / nbatches)
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
