@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import reference
 from ._build import build_info, get_num_threads, set_num_threads
 from ._version import __version__
+from .buffers import flat_arrays
 from .functional import adagrad_step, sgd_step
 from .optim import SGD, Adagrad
 
@@ -19,6 +20,7 @@ __all__ = [
     "set_num_threads",
     "get_num_threads",
     "build_info",
+    "flat_arrays",
     "reference",
     "__version__",
 ]
