@@ -16,7 +16,7 @@ import pytest
 import cadagrad
 from cadagrad import bench
 
-IMPLEMENTATIONS = ["cadagrad", "ceiling", "reference", "torch fused", "torch foreach"]
+IMPLEMENTATIONS = ["cadagrad", "checked", "ceiling", "reference", "torch fused", "torch foreach"]
 DENSE = [
     bench.Case(algorithm, np.dtype(dtype), 1, size, cadagrad.get_num_threads())
     for algorithm, dtype, size in itertools.product(bench.ALGORITHMS, (np.float32, np.float64), bench.QUICK_SIZES)

@@ -7,6 +7,8 @@ medians, so a noisy neighbour slows all of them alike. Columns:
 - ``GB/s``: bytes a step must move (reads and writes of params, grads and state) over that time;
 - ``ceiling``: cadagrad's time as a fraction of the ceiling kernel, which moves exactly the same bytes
   of the same buffers with an addition or two per element (1.0 means cadagrad runs at the memory limit);
+- ``check``: time of a step with ``skip_if_nonfinite=True`` over the plain step (the NaN/inf scan's
+  cost: one more read of the grads);
 - ``x ref``: speed-up over the NumPy reference (``cadagrad.reference``);
 - ``x fused``, ``x foreach``: speed-up over torch's fused / foreach optimizers on the same buffers
   (zero-copy ``torch.from_numpy``), when torch is importable.
@@ -91,6 +93,7 @@ def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], 
     ceiling = _kernels.StepEngine(params, states, False, None, 0)
     impls = {
         "cadagrad": lambda: opt.step(grads),
+        "checked": lambda: opt.step(grads, skip_if_nonfinite=True),
         "ceiling": lambda: ceiling.ceiling(grads, 0),
     }
     if with_reference:
@@ -137,7 +140,7 @@ def measure(case: Case, *, repeats: int, with_reference: bool) -> Result:
     return Result(case, {name: statistics.median(s) for name, s in samples.items()})
 
 
-COLUMNS = ("case", "threads", "median", "GB/s", "ceiling", "x ref", "x fused", "x foreach")
+COLUMNS = ("case", "threads", "median", "GB/s", "ceiling", "check", "x ref", "x fused", "x foreach")
 
 
 def _format_time(seconds: float) -> str:
@@ -161,6 +164,7 @@ def format_row(result: Result) -> list[str]:
         _format_time(t),
         f"{result.case.bytes_per_step() / t / 1e9:.1f}",
         _ratio(result, "ceiling"),
+        f"{result.medians['checked'] / t:.2f}" if "checked" in result.medians else "-",
         _ratio(result, "reference"),
         _ratio(result, "torch fused"),
         _ratio(result, "torch foreach"),
