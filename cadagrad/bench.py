@@ -212,7 +212,8 @@ def sparse_implementations(nrows: int, with_reference: bool) -> tuple[dict[str, 
     if torch is not None:
         weight = torch.nn.Parameter(torch.from_numpy(table))
         topt = torch.optim.Adagrad([weight], lr=0.01)
-        sparse = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(r), table.shape)
+        sparse = [torch.sparse_coo_tensor(torch.from_numpy(i)[None], torch.from_numpy(r), table.shape,
+                                          check_invariants=False)
                   for i, r in batches]
 
         def torch_step(b: int) -> None:

@@ -170,6 +170,8 @@ def test_step_rows_agrees_with_torch_sparse_adagrad(rng):
         idx = rng.zipf(1.3, size=k) % V
         rows = random_array(rng, (k, D), np.float32)
         ours.step_rows(idx, rows)
-        weight.grad = torch.sparse_coo_tensor(torch.from_numpy(idx)[None], torch.from_numpy(rows), (V, D))
+        weight.grad = torch.sparse_coo_tensor(
+            torch.from_numpy(idx)[None], torch.from_numpy(rows), (V, D), check_invariants=True
+        )
         theirs.step()
     np.testing.assert_allclose(ours.params[0], weight.detach().numpy(), rtol=2e-5, atol=1e-6)

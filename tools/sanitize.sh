@@ -10,11 +10,18 @@ trap 'rm -rf "$work"' EXIT
 echo "== copying the tracked tree to $work"
 (cd "$repo" && git ls-files -co --exclude-standard | grep -v -E '\.(so|c)$' | tar -cT - | tar -x -C "$work")
 
+# The build needs Cython and NumPy >= 2 in this environment (pip's isolated build env is gone).
+python -c "import Cython, numpy, sys; sys.exit(int(numpy.__version__.split('.')[0]) < 2)" 2>/dev/null \
+  || python -m pip install --quiet "Cython>=3.0" "numpy>=2.0" "setuptools>=64"
+
 flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g"
 echo "== building with: $flags"
 (cd "$work" && CADAGRAD_REQUIRE_OPENMP=1 CFLAGS="$flags" LDFLAGS="$flags" python setup.py -q build_ext --inplace 2>&1 \
   | grep -v -E "warning|^\s*$" || true)
-for so in "$work"/cadagrad/_kernels_*.so; do      # instrumented for real, not silently plain
+shopt -s nullglob
+built=("$work"/cadagrad/_kernels_*.so)
+[ ${#built[@]} -gt 0 ] || { echo "the sanitizer build produced no extension"; exit 1; }
+for so in "${built[@]}"; do      # instrumented for real, not silently plain
   nm -D "$so" | grep -q __asan_report || { echo "not instrumented: $so"; exit 1; }
   nm -D "$so" | grep -q __ubsan_handle || { echo "not instrumented: $so"; exit 1; }
 done
