@@ -6,6 +6,7 @@ written. Messages name the argument: ``grads[3]: expected shape (128, 64), got (
 
 from __future__ import annotations
 
+import bisect
 import math
 import numbers
 from collections.abc import Sequence
@@ -67,17 +68,32 @@ def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
     return a[0] < b[1] and b[0] < a[1] and a[0] != a[1] and b[0] != b[1]
 
 
+def _first_overlap(named: list[tuple[tuple[int, int], object]]) -> tuple[object, object] | None:
+    """Two keys whose byte ranges overlap (empty ranges never do), or None: one sweep by start."""
+    ranges = sorted((r, name) for r, name in named if r[0] != r[1])
+    reach, reach_name = None, None
+    for (start, end), name in ranges:
+        if reach is not None and start < reach:
+            return reach_name, name
+        if reach is None or end > reach:
+            reach, reach_name = end, name
+    return None
+
+
+MAX_STEP = 2**62          # step counts beyond this are refused (the engine counts in a C integer)
+MAX_THREADS = 1 << 16
+
+
 def check_params(params: object, name: str = "params") -> tuple[list[np.ndarray], bool]:
     """Validate the params of an optimizer: writable float arrays, no two sharing memory."""
     arrays, single = as_array_list(params, name)
     label = (lambda i: name) if single else (lambda i: f"{name}[{i}]")
     for i, arr in enumerate(arrays):
         check_float_array(arr, label(i), writable=True)
-    ranges = sorted((_byte_range(a), i) for i, a in enumerate(arrays))
-    for (r1, i1), (r2, i2) in zip(ranges, ranges[1:]):
-        if _overlaps(r1, r2):
-            first, second = sorted((i1, i2))
-            raise ValueError(f"{label(second)}: shares memory with {label(first)}; each param must be its own buffer")
+    clash = _first_overlap([(_byte_range(a), i) for i, a in enumerate(arrays)])
+    if clash is not None:
+        first, second = sorted(clash)
+        raise ValueError(f"{label(second)}: shares memory with {label(first)}; each param must be its own buffer")
     return arrays, single
 
 
@@ -100,10 +116,9 @@ def check_states(states: object, params: list[np.ndarray], single: bool, name: s
         check_like(state, param, label(i), param_label.format(i), writable=True)
     every = [(_byte_range(a), f"params[{i}]" if not single else "params") for i, a in enumerate(params)]
     every += [(_byte_range(a), label(i)) for i, a in enumerate(arrays)]
-    every.sort()
-    for (r1, n1), (r2, n2) in zip(every, every[1:]):
-        if _overlaps(r1, r2):
-            raise ValueError(f"{n2}: shares memory with {n1}; params and state must not overlap")
+    clash = _first_overlap(every)
+    if clash is not None:
+        raise ValueError(f"{clash[1]}: shares memory with {clash[0]}; params and state must not overlap")
     return arrays
 
 
@@ -119,23 +134,38 @@ def check_grads(grads: object, params: list[np.ndarray], single: bool, states: l
         if len(grads) != len(params):
             raise ValueError(f"grads: expected {len(params)} arrays (one per param), got {len(grads)}")
         items, label = list(grads), (lambda i: f"grads[{i}]")
+    pname = (lambda i: "params") if single else (lambda i: f"params[{i}]")
     for i, (grad, param) in enumerate(zip(items, params)):
-        pname = "params" if single else f"params[{i}]"
-        check_float_array(param, pname, writable=True)
-        check_like(grad, param, label(i), pname, writable=False)
-        grad_range, param_range = _byte_range(grad), _byte_range(param)
-        if _overlaps(grad_range, param_range) and grad_range != param_range:
-            raise ValueError(f"{label(i)}: overlaps {pname} without being the same buffer")
-        if states is not None and _overlaps(grad_range, _byte_range(states[i])):
-            raise ValueError(f"{label(i)}: shares memory with the optimizer state of {pname}")
+        check_float_array(param, pname(i), writable=True)
+        check_like(grad, param, label(i), pname(i), writable=False)
+    # What a step writes (every param and state), sorted: each grad is looked up by bisection.
+    written = sorted(
+        [(_byte_range(p), i, False) for i, p in enumerate(params) if p.nbytes]
+        + [(_byte_range(s), i, True) for i, s in enumerate(states or []) if s.nbytes]
+    )
+    starts = [r[0][0] for r in written]
+    for i, grad in enumerate(items):
+        g = _byte_range(grad)
+        j = bisect.bisect_left(starts, g[1]) - 1
+        if grad.nbytes == 0 or j < 0 or written[j][0][1] <= g[0]:
+            continue
+        (_, owner, is_state) = written[j]
+        if owner == i and not is_state and written[j][0] == g:
+            continue                                  # the grad is its own param: allowed
+        what = f"the optimizer state of {pname(owner)}" if is_state else pname(owner)
+        raise ValueError(f"{label(i)}: shares memory with {what}, which the step writes")
 
 
-def explain_changed(params: list[np.ndarray], states: list[np.ndarray] | None, sizes: Sequence[int]) -> None:
-    """Raise the error for params or state that changed (resized, made read-only) after set-up."""
-    for i, (param, size) in enumerate(zip(params, sizes)):
+def explain_changed(
+    params: list[np.ndarray], states: list[np.ndarray] | None, layout: Sequence[tuple[int, np.dtype]]
+) -> None:
+    """Raise the error for params or state that changed (resized, retyped, made read-only) after set-up."""
+    for i, (param, (size, dtype)) in enumerate(zip(params, layout)):
         check_float_array(param, f"params[{i}]", writable=True)
         if param.size != size:
             raise ValueError(f"params[{i}]: was resized from {size} to {param.size} elements after set-up")
+        if param.dtype != dtype:
+            raise TypeError(f"params[{i}]: its dtype changed from {dtype} to {param.dtype} after set-up")
         if states is not None:
             check_float_array(states[i], f"state[{i}]", writable=True)
 
@@ -144,7 +174,10 @@ def check_number(value: object, name: str, *, minimum: float | None = 0.0) -> fl
     """A finite real hyperparameter, at least ``minimum`` when given; returned as a float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: expected a finite number, got an integer too large for a float") from None
     if not math.isfinite(value):
         raise ValueError(f"{name}: expected a finite number, got {value}")
     if minimum is not None and value < minimum:
@@ -165,8 +198,8 @@ def check_num_threads(value: object, name: str = "num_threads") -> int:
         return 0
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected None or a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected None or a positive int, got {value}")
+    if not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"{name}: expected None or an int from 1 to {MAX_THREADS}, got {value}")
     return int(value)
 
 
@@ -174,8 +207,8 @@ def check_step(value: object, name: str = "step") -> int:
     """A 1-based step count."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected an int >= 1, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    if not 1 <= value <= MAX_STEP:
+        raise ValueError(f"{name}: expected an int from 1 to 2**62, got {value}")
     return int(value)
 
 
@@ -237,8 +270,8 @@ def check_state_dict(
     if state_dict["version"] != STATE_DICT_VERSION:
         raise ValueError(f"state_dict['version']: expected {STATE_DICT_VERSION}, got {state_dict['version']!r}")
     step = state_dict["step"]
-    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) or step < 0:
-        raise ValueError(f"state_dict['step']: expected an int >= 0, got {step!r}")
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) or not 0 <= step <= MAX_STEP:
+        raise ValueError(f"state_dict['step']: expected an int from 0 to 2**62, got {step!r}")
     hyper = state_dict["hyperparameters"]
     if not isinstance(hyper, dict) or set(hyper) != set(hyperparameter_names):
         got = sorted(hyper) if isinstance(hyper, dict) else type(hyper).__name__

@@ -116,7 +116,16 @@ cdef struct Segment:
     Py_ssize_t start       # index of its first element in the concatenation of all segments
     Py_ssize_t cols        # row-wise AdaGrad: elements per row (one accumulator per row); else 0
     Py_ssize_t state_size  # elements of the state: size, or size // cols when row-wise
+    int typenum            # NumPy's type number of the param (and of its state and grads)
     bint is_double
+
+
+cdef struct ByteRange:
+    # The bytes of one param or state buffer; an engine keeps them sorted by start (they are disjoint).
+    const char* start
+    const char* end
+    Py_ssize_t owner       # index of the param
+    bint is_state
 
 
 cdef struct AdagradArgs:
@@ -582,9 +591,11 @@ cdef void _apply_rows(int kernel, Segment* s, Py_ssize_t width, const char* rows
 # the same params again costs no Python-level work. On any mismatch it asks the Python validator,
 # which owns every error message, to explain.
 
-cdef inline bint _same_array(object obj, char* data, Py_ssize_t size) noexcept:
+cdef inline bint _same_array(object obj, char* data, Py_ssize_t size, int typenum) noexcept:
+    # The array still has the buffer, size and dtype it had at set-up, and may be written.
     cdef cnp.ndarray arr = <cnp.ndarray>obj
     return (<char*>cnp.PyArray_DATA(arr) == data and cnp.PyArray_SIZE(arr) == size
+            and cnp.PyArray_TYPE(arr) == typenum and not cnp.PyArray_ISBYTESWAPPED(arr)
             and cnp.PyArray_ISWRITEABLE(arr))
 
 
@@ -611,13 +622,26 @@ cdef inline bint _overlap(const char* a, const char* b, Py_ssize_t nbytes) noexc
     return nbytes > 0 and a < b + nbytes and b < a + nbytes
 
 
-cdef inline bint _grad_alias_ok(const char* grad, Segment* s) noexcept:
-    # A grad may be its own param (a well-defined elementwise update) but must not overlap it partly,
-    # nor share memory with the state, which the step writes before it is done reading the grad.
-    cdef Py_ssize_t itemsize = 8 if s.is_double else 4
-    if grad != s.param and _overlap(grad, s.param, s.size * itemsize):
-        return False
-    return s.state == NULL or not _overlap(grad, s.state, s.state_size * itemsize)
+cdef inline bint _grad_alias_ok(const char* grad, Py_ssize_t nbytes, Py_ssize_t owner,
+                                const ByteRange* ranges, Py_ssize_t n_ranges) noexcept:
+    # A grad may be its own param exactly (a well-defined element-wise update), but no other buffer
+    # a step writes: not part of its param, not a state, not another param (threads would race).
+    # The ranges are disjoint and sorted, so only the last one starting below the grad's end can
+    # overlap it: a binary search, O(log k) per grad.
+    cdef Py_ssize_t lo = 0, hi = n_ranges, mid
+    cdef const char* end = grad + nbytes
+    if nbytes == 0:
+        return True
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ranges[mid].start < end:
+            lo = mid + 1
+        else:
+            hi = mid
+    if lo == 0 or ranges[lo - 1].end <= grad:
+        return True
+    return (ranges[lo - 1].owner == owner and not ranges[lo - 1].is_state
+            and ranges[lo - 1].start == grad and ranges[lo - 1].end == end)
 
 
 cdef class StepEngine:
@@ -632,6 +656,8 @@ cdef class StepEngine:
     cdef object explain
     cdef bint single
     cdef Segment* segs
+    cdef ByteRange* ranges
+    cdef Py_ssize_t n_ranges
     cdef Py_ssize_t k
     cdef Py_ssize_t total
     cdef PyThread_type_lock lock
@@ -683,12 +709,38 @@ cdef class StepEngine:
             self.segs[i].state_size = (self.segs[i].size // self.segs[i].cols if self.segs[i].cols > 0
                                        else self.segs[i].size)
             self.segs[i].start = start
-            self.segs[i].is_double = cnp.PyArray_TYPE(p) == cnp.NPY_FLOAT64
+            self.segs[i].typenum = cnp.PyArray_TYPE(p)
+            self.segs[i].is_double = self.segs[i].typenum == cnp.NPY_FLOAT64
             start += self.segs[i].size
         self.total = start
+        self._sort_ranges()
+
+    cdef int _sort_ranges(self) except -1:
+        cdef Py_ssize_t i, itemsize
+        cdef list found = []
+        cdef Segment* s
+        for i in range(self.k):
+            s = &self.segs[i]
+            itemsize = 8 if s.is_double else 4
+            if s.size > 0:
+                found.append((<Py_ssize_t>s.param, <Py_ssize_t>(s.param + s.size * itemsize), i, False))
+            if s.state != NULL and s.state_size > 0:
+                found.append((<Py_ssize_t>s.state, <Py_ssize_t>(s.state + s.state_size * itemsize), i, True))
+        found.sort()
+        self.ranges = <ByteRange*>malloc(max(len(found), 1) * sizeof(ByteRange))
+        if self.ranges == NULL:
+            raise MemoryError()
+        self.n_ranges = len(found)
+        for i, (first, last, owner, is_state) in enumerate(found):
+            self.ranges[i].start = <const char*><Py_ssize_t>first
+            self.ranges[i].end = <const char*><Py_ssize_t>last
+            self.ranges[i].owner = owner
+            self.ranges[i].is_state = is_state
+        return 0
 
     def __dealloc__(self):
         free(self.segs)
+        free(self.ranges)
         free(self.work)
         free(self.row_scratch)
         if self.lock != NULL:
@@ -723,23 +775,23 @@ cdef class StepEngine:
     cdef int _load_grads(self, grads) except -1:
         # Checks everything a step touches before anything is written, and stores the grad pointers.
         cdef Py_ssize_t i
-        cdef object g
+        cdef object g, given = grads
         cdef Segment* s
         if self.single:
-            if self.k != 1:
-                self.explain(grads)
             grads = (grads,)
-        elif (type(grads) is not list and type(grads) is not tuple) or len(grads) != self.k:
-            self.explain(grads)
+        elif not isinstance(grads, (list, tuple)) or len(grads) != self.k:
+            self.explain(given)
             raise ValueError("grads do not fit the params")     # explain() always raises
         for i in range(self.k):
             s = &self.segs[i]
             g = grads[i]
-            if (not _grad_fits(g, self.params[i], cnp.PyArray_TYPE(<cnp.ndarray>self.params[i]))
-                    or not _same_array(self.params[i], s.param, s.size)
-                    or (self.states is not None and not _same_array(self.states[i], s.state, s.state_size))
-                    or not _grad_alias_ok(<const char*>cnp.PyArray_DATA(<cnp.ndarray>g), s)):
-                self.explain(grads)
+            if (not _grad_fits(g, self.params[i], s.typenum)
+                    or not _same_array(self.params[i], s.param, s.size, s.typenum)
+                    or (self.states is not None
+                        and not _same_array(self.states[i], s.state, s.state_size, s.typenum))
+                    or not _grad_alias_ok(<const char*>cnp.PyArray_DATA(<cnp.ndarray>g),
+                                          cnp.PyArray_NBYTES(<cnp.ndarray>g), i, self.ranges, self.n_ranges)):
+                self.explain(given)
                 raise ValueError(f"grads[{i}] does not fit params[{i}]")
             s.grad = <const char*>cnp.PyArray_DATA(<cnp.ndarray>g)
         return 0
@@ -751,6 +803,8 @@ cdef class StepEngine:
         Returns False, having written nothing, when ``skip_if_nonfinite`` and a grad holds NaN or inf.
         """
         cdef AdagradArgs a
+        if self.states is None:
+            raise ValueError("AdaGrad needs accumulators (states)")
         self._acquire()
         try:
             self._load_grads(grads)
@@ -830,8 +884,9 @@ cdef class StepEngine:
         cdef const char* idx_data = <const char*>cnp.PyArray_DATA(idx)
         cdef const char* rows_data = <const char*>cnp.PyArray_DATA(grad_rows)
         cdef int nthreads = _threads_for(k * width, num_threads)
-        if (not _same_array(param, s.param, s.size)
-                or (self.states is not None and not _same_array(self.states[index], s.state, s.state_size))):
+        if (not _same_array(param, s.param, s.size, s.typenum)
+                or (self.states is not None
+                    and not _same_array(self.states[index], s.state, s.state_size, s.typenum))):
             self.explain(None)
             raise ValueError(f"params[{index}] changed after set-up")
         self._reserve(0 if assume_unique else _work_size(k), nthreads * width * (8 if s.is_double else 4))
@@ -861,6 +916,8 @@ cdef class StepEngine:
         """
         cdef AdagradArgs a
         cdef Py_ssize_t bad
+        if self.states is None:
+            raise ValueError("AdaGrad needs accumulators (states)")
         self._acquire()
         try:
             a.clr = lr / (1.0 + <double>self.steps * lr_decay)

@@ -12,6 +12,7 @@ from .optim import Params
 
 
 def _engine(params: Params, grads: Params, states: Params | None, states_name: str, steps: int) -> StepEngine:
+    # states=None only where the rule keeps none (SGD without momentum); AdaGrad always passes its sums.
     arrays, single = _checks.check_params(params)
     state_arrays = None if states is None else _checks.check_states(states, arrays, single, states_name)
     _checks.check_grads(grads, arrays, single, state_arrays)
@@ -63,6 +64,8 @@ def adagrad_step(
     )
     t = _checks.check_step(step)
     threads = _checks.check_num_threads(num_threads)
+    if sums is None:
+        raise TypeError("sums: expected the accumulators (an ndarray or a list of them, like params), got None")
     return _engine(params, grads, sums, "sums", t - 1).adagrad(
         grads, hyper["lr"], hyper["lr_decay"], hyper["weight_decay"], hyper["eps"],
         hyper["eps_inside_sqrt"], hyper["maximize"], threads, _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite"),

@@ -69,7 +69,7 @@ class _Optimizer:
 
     def _set_params(self, params: Params, num_threads: int | None) -> None:
         self._params, self._single = _checks.check_params(params)
-        self._sizes = [p.size for p in self._params]
+        self._layout = [(p.size, p.dtype) for p in self._params]
         self._num_threads = _checks.check_num_threads(num_threads) or None
         self._states: list[np.ndarray] | None = None
 
@@ -86,11 +86,11 @@ class _Optimizer:
         )
 
     def _explain(self, grads: object) -> None:
-        _checks.explain_changed(self._params, self._states, self._sizes)
+        _checks.explain_changed(self._params, self._states, self._layout)
         _checks.check_grads(grads, self._params, self._single, self._states)
 
     def _check_rows(self, indices: object, rows: object, param: object) -> int:
-        _checks.explain_changed(self._params, self._states, self._sizes)
+        _checks.explain_changed(self._params, self._states, self._layout)
         return _checks.check_rows(indices, rows, param, self._params, self._states)
 
     def _raise_if_out_of_range(self, bad: int, indices: np.ndarray, param: int) -> None:
@@ -155,9 +155,10 @@ class _Optimizer:
             raise ValueError(f"{key}: expected None (these hyperparameters keep no state)")
         else:
             states = None
-        self._set_hyperparameters(hyper)
+        engine = StepEngine(self._params, states, self._single, self._explain, step, self._row_widths())
+        self._set_hyperparameters(hyper)          # nothing could fail from here on
         self._states = states
-        self._build_engine(step)
+        self._engine = engine
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the optimizer's state to ``path`` (``.npz``), atomically; see :mod:`cadagrad.checkpoint`."""
@@ -172,7 +173,7 @@ class _Optimizer:
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._hyperparameter_names)
-        return f"{type(self).__name__}({len(self._params)} params, {sum(self._sizes)} elements, {shown})"
+        return f"{type(self).__name__}({len(self._params)} params, {self._engine.size} elements, {shown})"
 
 
 class Adagrad(_Optimizer):
@@ -345,6 +346,8 @@ class Adagrad(_Optimizer):
         bool
             True if the step was taken, False if it was skipped.
         """
+        if skip_if_nonfinite.__class__ is not bool:
+            skip_if_nonfinite = _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite")
         return self._engine.adagrad(
             grads, self._lr, self._lr_decay, self._weight_decay, self._eps,
             self._eps_inside_sqrt, self._maximize, self._num_threads or 0, skip_if_nonfinite,
@@ -467,6 +470,8 @@ class SGD(_Optimizer):
         bool
             True if the step was taken, False if it was skipped.
         """
+        if skip_if_nonfinite.__class__ is not bool:
+            skip_if_nonfinite = _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite")
         return self._engine.sgd(
             grads, self._lr, self._weight_decay, self._momentum, self._dampening,
             self._nesterov, self._maximize, self._num_threads or 0, skip_if_nonfinite,
