@@ -49,6 +49,7 @@ selected = _select()
 StepEngine = selected.StepEngine
 set_num_threads = selected.set_num_threads
 get_num_threads = selected.get_num_threads
+data_address = selected.data_address
 
 
 def _after_fork_in_child() -> None:
