@@ -29,7 +29,13 @@ ISA_FLAGS = {
     "avx2": ["-mavx2"],
     "avx512": ["-mavx512f", "-mavx512vl", "-mprefer-vector-width=512"],
 }
-OPENMP_FLAGS = ["-fopenmp"]
+# OpenMP flags to try, in order, as (compile, link): GCC and LLVM clang; then Apple's clang, whose driver
+# refuses -fopenmp, with libomp (Homebrew's: its include and lib directories come from CPPFLAGS and LDFLAGS,
+# which pyproject.toml's [tool.cibuildwheel.macos] sets).
+OPENMP_FLAG_SETS = [
+    (["-fopenmp"], ["-fopenmp"]),
+    (["-Xpreprocessor", "-fopenmp"], ["-lomp"]),
+]
 
 OPENMP_PROBE = textwrap.dedent(
     """
@@ -61,7 +67,7 @@ class BuildExt(build_ext):
         )
         super().finalize_options()
 
-    def _compiles(self, source, flags, *, run=False):
+    def _compiles(self, source, flags, *, link_flags=None, run=False):
         tmp = tempfile.mkdtemp(prefix="cadagrad-probe-")
         try:
             path = os.path.join(tmp, "probe.c")
@@ -72,8 +78,8 @@ class BuildExt(build_ext):
                 return True
             exe = os.path.join(tmp, "probe")
             # distutils links executables without $LDFLAGS; the extensions get them, so the probe does.
-            link_flags = flags + os.environ.get("LDFLAGS", "").split()
-            self.compiler.link_executable(objects, exe, extra_postargs=link_flags)
+            link = (flags if link_flags is None else link_flags) + os.environ.get("LDFLAGS", "").split()
+            self.compiler.link_executable(objects, exe, extra_postargs=link)
             return subprocess.run([exe], capture_output=True, text=True, timeout=60).stdout.strip() == "1"
         except Exception:
             return False
@@ -81,15 +87,21 @@ class BuildExt(build_ext):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def build_extensions(self):
-        openmp = False
+        openmp_compile, openmp_link = [], []
         if _env_flag("CADAGRAD_NO_OPENMP"):
             print("cadagrad: CADAGRAD_NO_OPENMP is set: building without OpenMP (serial steps)")
-        elif self._compiles(OPENMP_PROBE, OPENMP_FLAGS, run=True):
-            openmp = True
-        elif _env_flag("CADAGRAD_REQUIRE_OPENMP"):
-            sys.exit("cadagrad: CADAGRAD_REQUIRE_OPENMP is set but the compiler cannot build OpenMP code")
         else:
-            print("cadagrad: WARNING: the compiler has no usable OpenMP; building serial kernels")
+            for compile_flags, link_flags in OPENMP_FLAG_SETS:
+                if self._compiles(OPENMP_PROBE, compile_flags, link_flags=link_flags, run=True):
+                    openmp_compile, openmp_link = compile_flags, link_flags
+                    print("cadagrad: OpenMP: compile with", *compile_flags, "and link with", *link_flags)
+                    break
+            else:
+                if _env_flag("CADAGRAD_REQUIRE_OPENMP"):
+                    sys.exit(
+                        "cadagrad: CADAGRAD_REQUIRE_OPENMP is set but the compiler cannot build OpenMP code"
+                    )
+                print("cadagrad: WARNING: the compiler has no usable OpenMP; building serial kernels")
 
         native = _env_flag("CADAGRAD_NATIVE")
         kept = []
@@ -104,9 +116,9 @@ class BuildExt(build_ext):
                 if isa_flags and not self._compiles("int main(void) { return 0; }\n", isa_flags):
                     print(f"cadagrad: the compiler does not take {' '.join(isa_flags)}: no {isa} variant")
                     continue
-            flags = BASE_FLAGS + isa_flags + (OPENMP_FLAGS if openmp else [])
+            flags = BASE_FLAGS + isa_flags + openmp_compile
             ext.extra_compile_args = flags
-            ext.extra_link_args = OPENMP_FLAGS if openmp else []
+            ext.extra_link_args = openmp_link
             ext.define_macros = [
                 ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                 ("CG_COMPILE_FLAGS", '"' + " ".join(flags) + '"'),
