@@ -434,22 +434,50 @@ cdef inline Py_ssize_t _read_index(const char* indices, bint wide, Py_ssize_t j)
     return <Py_ssize_t>(<const int32_t*>indices)[j]
 
 
+cdef struct RowGroups:
+    # The distinct rows of a sparse step, found by _group_rows, inside the engine's scratch.
+    Py_ssize_t* uniq       # the distinct rows, in order of first appearance
+    Py_ssize_t* first      # occurrences of distinct row u: order[first[u] : first[u + 1]]
+    Py_ssize_t* order      # positions into indices/rows, grouped by distinct row, in order of appearance
+
+
+cdef inline Py_ssize_t _table_size(Py_ssize_t k) noexcept nogil:
+    # The hash table of _group_rows: a power of two, at least 2k (load factor <= 1/2).
+    cdef Py_ssize_t size = 16
+    while size < 2 * k:
+        size *= 2
+    return size
+
+
+cdef inline Py_ssize_t _work_size(Py_ssize_t k) noexcept nogil:
+    # The scratch of k indices, laid out as: keys[T], slots[T], uniq[k], first[k + 1], order[k],
+    # slot_of[k], cursor[k] (T = _table_size(k)). _row_groups and _group_rows read this layout.
+    return 2 * _table_size(k) + 5 * k + 1
+
+
+cdef inline RowGroups _row_groups(Py_ssize_t* work, Py_ssize_t k) noexcept nogil:
+    cdef RowGroups groups
+    groups.uniq = work + 2 * _table_size(k)
+    groups.first = groups.uniq + k
+    groups.order = groups.first + k + 1
+    return groups
+
+
 cdef Py_ssize_t _group_rows(const char* indices, bint wide, Py_ssize_t k, Py_ssize_t nrows,
                             Py_ssize_t* work) noexcept nogil:
     # Groups the k indices by row in O(k): an open-addressing hash table maps each distinct row to a
     # slot numbered in order of first appearance, then a counting pass lists each slot's occurrences in
-    # order of appearance. Fills, inside work (see _work_size): uniq[n_unique], first[n_unique + 1] and
-    # order[k]. Returns the number of distinct rows, or -(j + 1) if indices[j] is out of [0, nrows).
-    cdef Py_ssize_t table_size = 16, bits = 4, mask, j, h, v, u, n_unique = 0
-    while table_size < 2 * k:
-        table_size *= 2
+    # order of appearance. Fills the RowGroups of work (uniq[n_unique], first[n_unique + 1], order[k]).
+    # Returns the number of distinct rows, or -(j + 1) if indices[j] is out of [0, nrows).
+    cdef Py_ssize_t table_size = _table_size(k), bits = 4, mask = table_size - 1, j, h, v, u, n_unique = 0
+    while (<Py_ssize_t>1 << bits) < table_size:
         bits += 1
-    mask = table_size - 1
+    cdef RowGroups groups = _row_groups(work, k)
     cdef Py_ssize_t* keys = work
     cdef Py_ssize_t* slots = keys + table_size
-    cdef Py_ssize_t* uniq = slots + table_size
-    cdef Py_ssize_t* first = uniq + k
-    cdef Py_ssize_t* order = first + k + 1
+    cdef Py_ssize_t* uniq = groups.uniq
+    cdef Py_ssize_t* first = groups.first
+    cdef Py_ssize_t* order = groups.order
     cdef Py_ssize_t* slot_of = order + k
     cdef Py_ssize_t* cursor = slot_of + k
     memset(keys, 0xFF, table_size * sizeof(Py_ssize_t))          # every key -1: empty
@@ -478,15 +506,8 @@ cdef Py_ssize_t _group_rows(const char* indices, bint wide, Py_ssize_t k, Py_ssi
     return n_unique
 
 
-cdef inline Py_ssize_t _work_size(Py_ssize_t k) noexcept nogil:
-    cdef Py_ssize_t table_size = 16
-    while table_size < 2 * k:
-        table_size *= 2
-    return 2 * table_size + 5 * k + 1
-
-
 cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floating* rows,
-                            const char* indices, bint wide, const Py_ssize_t* work, Py_ssize_t k,
+                            const char* indices, bint wide, Py_ssize_t* work, Py_ssize_t k,
                             Py_ssize_t u0, Py_ssize_t u1, floating* acc, const void* args) noexcept nogil:
     # Updates distinct rows u0..u1-1. With work == NULL (assume_unique) row u is indices[u] and its
     # gradient is rows[u]; else the gradient is the sum, from zero and in order of appearance, of the
@@ -502,10 +523,10 @@ cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floa
     cdef Py_ssize_t row_bytes = width * sizeof(floating)
     cdef Py_ssize_t state_bytes = sizeof(floating) if s.cols > 0 else row_bytes
     cdef Py_ssize_t state_width = 1 if s.cols > 0 else width
+    cdef RowGroups groups
     if work != NULL:
-        uniq = work + (_work_size(k) - 5 * k - 1)
-        first = uniq + k
-        order = first + k + 1
+        groups = _row_groups(work, k)
+        uniq, first, order = groups.uniq, groups.first, groups.order
     for u in range(u0, u1):
         ahead = u + PREFETCH_ROWS
         if ahead < u1:           # the param and state rows this thread updates a few rows from now
@@ -537,7 +558,7 @@ cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floa
                       <const SgdArgs*>args)
 
 
-cdef Py_ssize_t _row_split(const Py_ssize_t* work, Py_ssize_t k, Py_ssize_t n_rows, int nthreads,
+cdef Py_ssize_t _row_split(Py_ssize_t* work, Py_ssize_t k, Py_ssize_t n_rows, int nthreads,
                            int t) noexcept nogil:
     # Thread t updates distinct rows [split(t), split(t + 1)), balanced by work: a distinct row costs its
     # occurrences (rows to sum) plus about two for its update. Zipf-like ids put hundreds of duplicates
@@ -548,7 +569,7 @@ cdef Py_ssize_t _row_split(const Py_ssize_t* work, Py_ssize_t k, Py_ssize_t n_ro
         return n_rows
     if work == NULL:
         return n_rows * t // nthreads
-    first = work + (_work_size(k) - 4 * k - 1)   # first[u]: occurrences before distinct row u (layout: _group_rows)
+    first = _row_groups(work, k).first         # first[u]: occurrences before distinct row u
     target = (first[n_rows] + 2 * n_rows) * t // nthreads
     while lo < hi:                                 # the first u whose cumulative cost reaches target
         mid = (lo + hi) // 2
@@ -560,7 +581,7 @@ cdef Py_ssize_t _row_split(const Py_ssize_t* work, Py_ssize_t k, Py_ssize_t n_ro
 
 
 cdef void _apply_rows(int kernel, Segment* s, Py_ssize_t width, const char* rows, const char* indices,
-                      bint wide, const Py_ssize_t* work, Py_ssize_t k, Py_ssize_t n_rows,
+                      bint wide, Py_ssize_t* work, Py_ssize_t k, Py_ssize_t n_rows,
                       char* scratch, int requested_threads, const void* args) noexcept nogil:
     cdef int nthreads = _threads_for(k * width, requested_threads)
     cdef int t
