@@ -24,6 +24,13 @@ def _summed_rows(indices, rows, assume_unique):
     return unique, summed
 
 
+def adagrad_denominator(sums, eps, eps_inside_sqrt=False):
+    """AdaGrad's divisor ``d`` from the accumulator: ``sqrt(G) + eps``, or ``sqrt(G + eps)`` with
+    ``eps_inside_sqrt``; ``eps`` is cast to the accumulator's dtype first. A step moves by ``(lr*g) / d``."""
+    eps = sums.dtype.type(eps)
+    return np.sqrt(sums + eps) if eps_inside_sqrt else np.sqrt(sums) + eps
+
+
 class Adagrad:
     """AdaGrad (PyTorch's rule; ``eps_inside_sqrt`` for Keras / optax / the classic notebook)."""
 
@@ -46,11 +53,7 @@ class Adagrad:
             G = G[:, None]
         else:
             G += g * g
-        if self.eps_inside_sqrt:
-            d = np.sqrt(G + dtype(self.eps))
-        else:
-            d = np.sqrt(G) + dtype(self.eps)
-        p -= (dtype(clr) * g) / d
+        p -= (dtype(clr) * g) / adagrad_denominator(G, self.eps, self.eps_inside_sqrt)
 
     def _next_clr(self):
         self.step_count += 1
