@@ -1,4 +1,4 @@
-"""``python -m cadagrad``: the command line, ``demo`` and ``bench`` (the work lives in demo.py, bench.py)."""
+"""``python -m cadagrad``: the command line, ``demo`` and ``bench`` (the work lives in demo/, bench.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the five AdaGrad-vs-SGD experiments, print what they measured and write PNG "
                     "figures (needs matplotlib: pip install 'cadagrad[demo]').",
     )
-    demo.add_argument("--out", default="cadagrad-demo", metavar="DIR",
-                      help="directory for the figures (default: ./cadagrad-demo/)")
+    demo.add_argument("--out", metavar="DIR",
+                      help="directory for the figures, created if missing (default: ./cadagrad-demo/); "
+                           "always the same five file names, 1_quadratic_paths.png to 5_limits.png")
     demo.add_argument("--no-plots", action="store_true", help="print the report only, write no figures")
     commands.add_parser(
         "bench", add_help=False,

@@ -1,4 +1,4 @@
-"""``python -m cadagrad demo``: each experiment's numbers, the CLI, and the figures."""
+"""``python -m cadagrad demo``: each experiment's numbers, the report, the CLI, and the figures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 import cadagrad
 from cadagrad import __main__ as cli
-from cadagrad import demo
+from cadagrad import demo, reference
+from cadagrad.demo import experiments
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -21,8 +22,8 @@ def results() -> demo.DemoResults:
     return demo.run_experiments()
 
 
-def notebook_grad(x: np.ndarray) -> np.ndarray:
-    """The notebook's gradient of f(x) = 0.1 * x1**2 + 5 * x2**2."""
+def quadratic_grad_by_hand(x: np.ndarray) -> np.ndarray:
+    """The gradient of f(x) = 0.1 * x1**2 + 5 * x2**2, written out."""
     return np.array([0.2 * x[0], 10.0 * x[1]])
 
 
@@ -35,14 +36,14 @@ def test_quadratic_sgd_path_equals_numpy_expression_bitwise(results):
         x = np.array([9.0, -3.0])
         expected = [x]
         for _ in range(results.quadratic.steps):
-            x = x - run.lr * notebook_grad(x)
+            x = x - run.lr * quadratic_grad_by_hand(x)
             expected.append(x)
         assert run.points.tobytes() == np.array(expected).tobytes(), run.label
         assert run.final_value == 0.1 * x[0] ** 2 + 5 * x[1] ** 2
 
 
-def test_quadratic_adagrad_path_equals_notebook_expression_bitwise(results):
-    """The notebook's ``G += g*g; x -= eta * g / sqrt(G + 1e-8)`` with eps inside the root.
+def test_quadratic_adagrad_path_equals_textbook_expression_bitwise(results):
+    """AdaGrad as usually written, ``G += g*g; x -= eta * g / sqrt(G + 1e-8)``, eps inside the root.
 
     NumPy evaluates ``eta * g / np.sqrt(...)`` left to right, as ``(eta * g) / sqrt(G + eps)``: the
     kernel's operation order, so the comparison is exact (bit for bit), rates included.
@@ -52,7 +53,7 @@ def test_quadratic_adagrad_path_equals_notebook_expression_bitwise(results):
     x, G = np.array([9.0, -3.0]), np.zeros(2)
     points, rates = [x], []
     for _ in range(results.quadratic.steps):
-        g = notebook_grad(x)
+        g = quadratic_grad_by_hand(x)
         G = G + g * g
         x = x - eta * g / np.sqrt(G + eps)
         points.append(x)
@@ -82,10 +83,10 @@ def test_accumulator_gives_the_steep_coordinate_the_smaller_rate(results):
     assert np.all(np.diff(rates, axis=0) <= 0)         # G only grows, so the rate only shrinks
 
 
-def test_lesson_table_matches_the_lessons_printed_figures(results):
-    """G and sqrt(G) exactly; the rates to one unit of the lesson's last printed digit (1e-4), since the
-    lesson rounds sqrt(G) before dividing; step sizes as measured on the parameter."""
-    table = results.lesson
+def test_accumulator_table_agrees_with_the_hand_rounded_worked_example(results):
+    """G and sqrt(G) exactly; the rates to one unit (1e-4) of the last digit of the worked example done by
+    hand, which rounds sqrt(G) before dividing; step sizes as measured on the parameter."""
+    table = results.table
     assert table.accumulators.tolist() == [100.0, 181.0, 302.0, 402.0, 502.0]
     assert table.roots.tobytes() == np.sqrt(table.accumulators).tobytes()
     assert table.rates.tobytes() == (0.1 / (np.sqrt(table.accumulators) + 1e-8)).tobytes()
@@ -180,11 +181,43 @@ def test_effective_rates_follow_the_eps_convention():
     assert demo.effective_rates(inside).tolist() == [0.1 / np.sqrt(9.0 + 1e-3)]
 
 
+@pytest.mark.parametrize("eps_inside_sqrt", [False, True])
+def test_effective_rates_are_the_rate_of_the_step_just_taken(eps_inside_sqrt):
+    """After a step, ``lr / d`` of the accumulator times the gradient is how far that step moved each element,
+    for the compiled optimizer, whose accumulator is the reference's bit for bit."""
+    rng = np.random.default_rng(0)
+    options = {"lr": 0.3, "eps": 1e-3, "eps_inside_sqrt": eps_inside_sqrt}
+    w, w_ref = np.zeros(16), np.zeros(16)
+    opt, ref = cadagrad.Adagrad(w, **options), reference.Adagrad(w_ref, **options)
+    for _ in range(5):
+        g = rng.standard_normal(16)
+        before = w.copy()
+        opt.step(g)
+        ref.step(g)
+    assert opt.sums[0].tobytes() == ref.sums[0].tobytes()
+    np.testing.assert_allclose(before - w, demo.effective_rates(opt) * g, rtol=1e-12, atol=1e-15)
+
+
+def test_effective_rates_call_the_references_denominator(monkeypatch):
+    """The demo holds no copy of AdaGrad's divisor: it asks cadagrad.reference for it."""
+    calls = []
+
+    def spy(sums, eps, eps_inside_sqrt=False):
+        calls.append((eps, eps_inside_sqrt))
+        return reference.adagrad_denominator(sums, eps, eps_inside_sqrt)
+
+    monkeypatch.setattr(experiments, "adagrad_denominator", spy)
+    opt = cadagrad.Adagrad(np.zeros(3), lr=0.1, eps=1e-6, eps_inside_sqrt=True)
+    opt.step(np.ones(3))
+    demo.effective_rates(opt)
+    assert calls == [(1e-6, True)]
+
+
 def test_report_names_every_experiment(results):
-    text = demo.report(results)
+    text = demo.format_report(results)
     for heading in ("1. ", "2. ", "3. ", "4. ", "5. "):
         assert f"\n{heading}" in "\n" + text
-    assert "0.00743" in text and "502" in text           # the lesson's table
+    assert "0.00743" in text and "502" in text           # the accumulator table
     assert "tolerance 10%" in text
 
 
@@ -225,12 +258,56 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_every_figure_is_a_valid_png(tmp_path):
+def test_figure_file_names_are_the_documented_ones():
+    """Documentation pages embed the figures by these names: changing one breaks them."""
+    assert demo.FIGURE_NAMES == (
+        "1_quadratic_paths.png",
+        "2_accumulator.png",
+        "3_sparse_gradients.png",
+        "4_rare_features.png",
+        "5_limits.png",
+    )
+
+
+def test_run_demo_names_the_figures_it_wrote(monkeypatch, tmp_path):
+    out = tmp_path / "figs"
+    seen = []
+
+    def fake_write_figures(out_dir, results):
+        seen.append((out_dir, results))
+        return [out_dir / name for name in demo.FIGURE_NAMES]
+
+    monkeypatch.setattr(demo, "plots_available", lambda: True)
+    monkeypatch.setattr(demo, "write_figures", fake_write_figures)
+    text = demo.run_demo(out)
+    assert seen and seen[0][0] == out and isinstance(seen[0][1], demo.DemoResults)
+    assert text.endswith(f"Figures (5) written to {out}/: " + ", ".join(demo.FIGURE_NAMES))
+
+
+def test_experiments_and_report_never_import_matplotlib():
+    code = ("import sys\n"
+            "from cadagrad import demo\n"
+            "demo.run_demo(plots=False)\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_write_figures_without_matplotlib_raises_before_creating_anything(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError):
+        demo.write_figures(tmp_path / "figs")
+    assert not (tmp_path / "figs").exists()
+
+
+def test_write_figures_writes_every_figure_as_a_valid_png(results, tmp_path):
     pytest.importorskip("matplotlib")
-    text = demo.run_demo(tmp_path / "figs")
-    assert "Figures (5) written" in text
+    out = tmp_path / "figs"
+    paths = demo.write_figures(out, results)
+    assert paths == [out / name for name in demo.FIGURE_NAMES]
+    assert sorted(p.name for p in out.iterdir()) == sorted(demo.FIGURE_NAMES)
     for name in demo.FIGURE_NAMES:
-        data = (tmp_path / "figs" / name).read_bytes()
+        data = (out / name).read_bytes()
         width, height = _png_size(data)
         assert width >= 800 and height >= 400, name
         assert len(data) > 20_000, name
