@@ -63,7 +63,7 @@ echo "  $(wc -l < "$work/sdist.txt") entries: $(grep -c -E '\.(pyx|pxi|pxd)$' "$
 step "wheel $(basename "$wheel"): every module, the stubs and py.typed"
 "$work/tools/bin/python" -m zipfile -l "$wheel" | awk 'NR > 1 {print $1}' | sort > "$work/wheel.txt"
 expected=(cadagrad/py.typed cadagrad/_kernels.pyi)
-while read -r f; do expected+=("$f"); done < <(grep -E '^cadagrad/[^/]*\.py$' "$work/files.txt")
+while read -r f; do expected+=("$f"); done < <(grep -E '^cadagrad/([^/]+/)*[^/]*\.py$' "$work/files.txt")
 variants=(generic)
 [ "$(uname -m)" = x86_64 ] && variants+=(avx2 avx512)
 for f in "${expected[@]}"; do grep -qxF "$f" "$work/wheel.txt" || fail "wheel: no $f"; done
