@@ -48,6 +48,15 @@ class Adagrad:
     :class:`cadagrad.Adagrad` (``num_threads`` is accepted and ignored). ``step(grads)`` and
     ``step_rows(indices, rows, param=0, assume_unique=False)`` follow the rules page of the
     documentation, sections "AdaGrad" and "Sparse rows".
+
+    Parameters
+    ----------
+    params : ndarray or list of ndarray
+        Updated in place; nothing is validated.
+    lr, lr_decay, weight_decay, initial_accumulator_value, eps, eps_inside_sqrt, maximize, rowwise : optional
+        As for :class:`cadagrad.Adagrad`.
+    num_threads : optional
+        Ignored (the reference is serial).
     """
 
     def __init__(self, params, lr=0.01, *, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
@@ -99,6 +108,17 @@ class SGD:
     PyTorch's rule, as :class:`cadagrad.SGD` computes it; the arguments are those of
     :class:`cadagrad.SGD` (``num_threads`` is accepted and ignored). ``step_rows`` follows the lazy rule
     of the rules page ("SGD with sparse gradients"): only the named rows and their momentum buffers move.
+
+    Parameters
+    ----------
+    params : ndarray or list of ndarray
+        Updated in place; nothing is validated.
+    lr : float
+        Learning rate.
+    momentum, dampening, nesterov, weight_decay, maximize : optional
+        As for :class:`cadagrad.SGD`.
+    num_threads : optional
+        Ignored (the reference is serial).
     """
 
     def __init__(self, params, lr, *, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
