@@ -38,6 +38,7 @@ def flat_arrays(
 
     Examples
     --------
+    >>> from cadagrad import flat_arrays
     >>> flat, (w, b) = flat_arrays([(3, 2), 2])
     >>> w.shape, b.shape, flat.size
     ((3, 2), (2,), 8)

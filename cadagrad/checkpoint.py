@@ -33,7 +33,17 @@ VERSION = 1
 
 
 def save_state_dict(state_dict: dict[str, Any], state_key: str, path: str | os.PathLike) -> None:
-    """Write ``state_dict`` (from an optimizer's ``state_dict()``) to ``path`` atomically."""
+    """Write ``state_dict`` (from an optimizer's ``state_dict()``) to ``path`` atomically.
+
+    Parameters
+    ----------
+    state_dict : dict
+        What :meth:`cadagrad.Adagrad.state_dict` or :meth:`cadagrad.SGD.state_dict` returned.
+    state_key : str
+        The key of its per-param arrays: ``"sum"`` (AdaGrad) or ``"momentum_buffer"`` (SGD).
+    path : str or os.PathLike
+        The file to write (``.npz``); replaced atomically if it exists.
+    """
     path = os.fspath(path)
     states = state_dict[state_key]
     arrays = {
@@ -68,6 +78,19 @@ def save_state_dict(state_dict: dict[str, Any], state_key: str, path: str | os.P
 
 def load_state_dict(path: str | os.PathLike, state_key: str) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_state_dict` back into a state dict.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The checkpoint file.
+    state_key : str
+        The key under which to return the per-param arrays (as in :func:`save_state_dict`).
+
+    Returns
+    -------
+    dict
+        A state dict as the optimizers' ``state_dict()`` makes it, for their ``load_state_dict()``
+        (which validates it against the params).
 
     Raises
     ------

@@ -1,8 +1,24 @@
 """cadagrad's update rules in plain NumPy: the readable statement the compiled kernels must match.
 
-Each step follows ../shared/SEMANTICS.md line by line, in the same operation order, with every scalar
-cast to the array's dtype before it meets an array, so results are bit-identical to the kernels. No
-validation, no speed: this module exists to be read and to hold the kernels honest in the tests.
+Each step follows the rules page of the documentation (``docs/rules.rst``, "The rules") line by line,
+in the same operation order, with every scalar cast to the array's dtype before it meets an array, so
+results are bit-identical to the kernels. No validation, no speed: this module exists to be read and to
+hold the kernels honest in the tests.
+
+Examples
+--------
+>>> import numpy as np, cadagrad
+>>> rng = np.random.default_rng(0)
+>>> p = rng.standard_normal(1000).astype(np.float32)
+>>> q = p.copy()
+>>> fast = cadagrad.Adagrad(p, lr=0.1, weight_decay=0.01)
+>>> slow = cadagrad.reference.Adagrad(q, lr=0.1, weight_decay=0.01)
+>>> for _ in range(5):
+...     g = rng.standard_normal(1000).astype(np.float32)
+...     taken = fast.step(g)
+...     slow.step(g)
+>>> np.array_equal(p, q)
+True
 """
 
 from __future__ import annotations
@@ -32,7 +48,23 @@ def adagrad_denominator(sums, eps, eps_inside_sqrt=False):
 
 
 class Adagrad:
-    """AdaGrad (PyTorch's rule; ``eps_inside_sqrt`` for Keras / optax / the classic notebook)."""
+    """AdaGrad, as :class:`cadagrad.Adagrad` computes it, in plain NumPy.
+
+    PyTorch's rule by default; ``eps_inside_sqrt=True`` for the ``sqrt(G + eps)`` denominator of Keras 3
+    and optax; ``rowwise=True`` for one accumulator per row. The arguments are those of
+    :class:`cadagrad.Adagrad` (``num_threads`` is accepted and ignored). ``step(grads)`` and
+    ``step_rows(indices, rows, param=0, assume_unique=False)`` follow the rules page of the
+    documentation, sections "AdaGrad" and "Sparse rows".
+
+    Parameters
+    ----------
+    params : ndarray or list of ndarray
+        Updated in place; nothing is validated.
+    lr, lr_decay, weight_decay, initial_accumulator_value, eps, eps_inside_sqrt, maximize, rowwise : optional
+        As for :class:`cadagrad.Adagrad`.
+    num_threads : optional
+        Ignored (the reference is serial).
+    """
 
     def __init__(self, params, lr=0.01, *, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
                  eps=1e-10, eps_inside_sqrt=False, maximize=False, rowwise=False, num_threads=None):
@@ -74,7 +106,23 @@ class Adagrad:
 
 
 class SGD:
-    """SGD with momentum, dampening, Nesterov, weight decay and maximize (PyTorch's rule)."""
+    """SGD with momentum, dampening, Nesterov, weight decay and maximize, in plain NumPy.
+
+    PyTorch's rule, as :class:`cadagrad.SGD` computes it; the arguments are those of
+    :class:`cadagrad.SGD` (``num_threads`` is accepted and ignored). ``step_rows`` follows the lazy rule
+    of the rules page ("SGD with sparse gradients"): only the named rows and their momentum buffers move.
+
+    Parameters
+    ----------
+    params : ndarray or list of ndarray
+        Updated in place; nothing is validated.
+    lr : float
+        Learning rate.
+    momentum, dampening, nesterov, weight_decay, maximize : optional
+        As for :class:`cadagrad.SGD`.
+    num_threads : optional
+        Ignored (the reference is serial).
+    """
 
     def __init__(self, params, lr, *, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
                  maximize=False, num_threads=None):
@@ -103,7 +151,7 @@ class SGD:
             self._update(p, grad, self.momentum_buffers[i] if self.momentum != 0 else None)
 
     def step_rows(self, indices, rows, *, param=0, assume_unique=False):
-        """Only the named rows move, their momentum buffers too (TensorFlow's lazy rule)."""
+        """Only the named rows move, their momentum buffers too (the lazy rule, as TensorFlow's)."""
         self.step_count += 1
         p = self.params[param]
         named, g = _summed_rows(indices, rows, assume_unique)
