@@ -236,7 +236,7 @@ cdef class StepEngine:
             self._load_grads(grads)
             if skip_if_nonfinite and self._any_nonfinite(num_threads):
                 return False
-            a.clr = lr / (1.0 + <double>self.steps * lr_decay)     # (t - 1) * lr_decay, in double
+            a.clr = _adagrad_clr(lr, lr_decay, self.steps)
             a.weight_decay = weight_decay
             a.eps = eps
             a.has_weight_decay = weight_decay != 0.0
@@ -266,12 +266,7 @@ cdef class StepEngine:
             a.weight_decay = weight_decay
             a.momentum = momentum
             a.one_minus_dampening = 1.0 - dampening
-            if momentum == 0.0:
-                a.momentum_mode = MOMENTUM_NONE
-            elif self.steps == 0:
-                a.momentum_mode = MOMENTUM_FIRST
-            else:
-                a.momentum_mode = MOMENTUM_LATER
+            a.momentum_mode = _momentum_mode(momentum, self.steps)
             if a.momentum_mode != MOMENTUM_NONE and self.states is None:
                 raise ValueError("momentum needs momentum buffers")
             a.has_weight_decay = weight_decay != 0.0
@@ -347,7 +342,7 @@ cdef class StepEngine:
             raise ValueError("AdaGrad needs accumulators (states)")
         self._acquire()
         try:
-            a.clr = lr / (1.0 + <double>self.steps * lr_decay)
+            a.clr = _adagrad_clr(lr, lr_decay, self.steps)
             a.weight_decay = weight_decay
             a.eps = eps
             a.has_weight_decay = weight_decay != 0.0
@@ -374,12 +369,7 @@ cdef class StepEngine:
             a.weight_decay = weight_decay
             a.momentum = momentum
             a.one_minus_dampening = 1.0 - dampening
-            if momentum == 0.0:
-                a.momentum_mode = MOMENTUM_NONE
-            elif self.steps == 0:
-                a.momentum_mode = MOMENTUM_FIRST
-            else:
-                a.momentum_mode = MOMENTUM_LATER
+            a.momentum_mode = _momentum_mode(momentum, self.steps)
             a.has_weight_decay = weight_decay != 0.0
             a.nesterov = nesterov
             a.maximize = maximize

@@ -1,13 +1,16 @@
-# The update rules: AdaGrad (element-wise and row-wise), SGD with momentum; then the ceiling kernel and
-# the non-finite scan. The rules page of the docs (docs/rules.rst) states them, and reference.py holds
-# the same rules in NumPy, in the same operation order; nothing else in the package computes them.
+# The update rules, each formula once: AdaGrad (element-wise and row-wise), SGD with momentum, the lr
+# decay of AdaGrad; then the ceiling kernel and the non-finite scan. The rules page of the docs
+# (docs/rules.rst) states them, and reference.py holds the same rules in NumPy, in the same operation
+# order; nothing else in the package computes them.
 #
 # The loops use IEEE sqrt and division only and are built with -ffp-contract=off, so every variant gives
 # the same bits as cadagrad.reference. Checked with `-fopt-info-vec-optimized -fopt-info-loop` (GCC 12,
 # -O3 -fno-math-errno): each span loop below is unswitched on its loop-invariant flags (maximize, has_wd,
 # eps_inside; SGD's momentum mode and nesterov are specialised by hand) and every resulting loop is
 # vectorized (16-byte SSE2, 32-byte with -mavx2, 64-byte with -mavx512f), with a runtime alias check that
-# falls back to the scalar loop when a grad *is* the param.
+# falls back to the scalar loop when a grad *is* the param. The small inline helpers below (one per
+# formula) are inlined into each loop before that happens: the same loops vectorize as when each loop
+# spelled its formulas out.
 
 from cython cimport floating
 from libc.math cimport sqrt, sqrtf
@@ -39,11 +42,46 @@ cdef enum:
     MOMENTUM_LATER = 2     # buf = momentum * buf + (1 - dampening) * g
 
 
+cdef inline double _adagrad_clr(double lr, double lr_decay, Py_ssize_t steps) noexcept nogil:
+    # AdaGrad's decayed learning rate at step t = steps + 1: lr / (1 + (t - 1) * lr_decay), in double
+    # (each kernel casts it to the array's dtype once).
+    return lr / (1.0 + <double>steps * lr_decay)
+
+
+cdef inline int _momentum_mode(double momentum, Py_ssize_t steps) noexcept nogil:
+    # Which momentum rule step t = steps + 1 takes: none, buf = g (t = 1), or the running average.
+    if momentum == 0.0:
+        return MOMENTUM_NONE
+    if steps == 0:
+        return MOMENTUM_FIRST
+    return MOMENTUM_LATER
+
+
 cdef inline floating _sqrt(floating x) noexcept nogil:
     if floating is float:
         return sqrtf(x)
     else:
         return sqrt(x)
+
+
+cdef inline floating _effective_grad(floating g, floating p, bint maximize, bint has_wd,
+                                     floating wd) noexcept nogil:
+    # What every rule steps along: the grad, negated to maximize, plus the coupled weight decay.
+    if maximize:
+        g = -g
+    if has_wd:
+        g = g + wd * p
+    return g
+
+
+cdef inline floating _adagrad_denominator(floating G, floating eps, bint inside) noexcept nogil:
+    if inside:
+        return _sqrt(G + eps)
+    return _sqrt(G) + eps
+
+
+cdef inline floating _adagrad_new_param(floating p, floating g, floating clr, floating d) noexcept nogil:
+    return p - (clr * g) / d
 
 
 cdef void _adagrad_span(floating* p, const floating* grad, floating* G, Py_ssize_t n,
@@ -52,25 +90,17 @@ cdef void _adagrad_span(floating* p, const floating* grad, floating* G, Py_ssize
     cdef floating wd = <floating>a.weight_decay
     cdef floating eps = <floating>a.eps
     cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
-    cdef floating g, d
+    cdef floating g
     cdef Py_ssize_t i
     for i in range(n):
-        g = grad[i]
-        if maximize:
-            g = -g
-        if has_wd:
-            g = g + wd * p[i]
+        g = _effective_grad(grad[i], p[i], maximize, has_wd, wd)
         G[i] = G[i] + g * g
-        if inside:
-            d = _sqrt(G[i] + eps)
-        else:
-            d = _sqrt(G[i]) + eps
-        p[i] = p[i] - (clr * g) / d
+        p[i] = _adagrad_new_param(p[i], g, clr, _adagrad_denominator(G[i], eps, inside))
 
 
 cdef void _adagrad_rowwise_rows(floating* p, const floating* grad, floating* G, Py_ssize_t rows,
                                 Py_ssize_t cols, const AdagradArgs* a) noexcept nogil:
-    # Row-wise AdaGrad (FBGEMM's rule): G_row = G_row + mean(g * g) over the row, the sum taken left to
+    # Row-wise AdaGrad (FBGEMM's rule): G_row = G_row + mean(g * g) over the row, the sum taken left
     # to right (the reference's np.cumsum order), then every element of the row divides by one d.
     cdef floating clr = <floating>a.clr
     cdef floating wd = <floating>a.weight_decay
@@ -82,24 +112,13 @@ cdef void _adagrad_rowwise_rows(floating* p, const floating* grad, floating* G, 
     for r in range(rows):
         total = 0
         for j in range(cols):
-            g = grad[j]
-            if maximize:
-                g = -g
-            if has_wd:
-                g = g + wd * p[j]
+            g = _effective_grad(grad[j], p[j], maximize, has_wd, wd)
             total = total + g * g
         G[r] = G[r] + total / width
-        if inside:
-            d = _sqrt(G[r] + eps)
-        else:
-            d = _sqrt(G[r]) + eps
+        d = _adagrad_denominator(G[r], eps, inside)
         for j in range(cols):
-            g = grad[j]
-            if maximize:
-                g = -g
-            if has_wd:
-                g = g + wd * p[j]
-            p[j] = p[j] - (clr * g) / d
+            g = _effective_grad(grad[j], p[j], maximize, has_wd, wd)
+            p[j] = _adagrad_new_param(p[j], g, clr, d)
         p += cols
         grad += cols
 
@@ -116,11 +135,7 @@ cdef inline void _sgd_span_as(floating* p, const floating* grad, floating* buf, 
     cdef floating g, b
     cdef Py_ssize_t i
     for i in range(n):
-        g = grad[i]
-        if maximize:
-            g = -g
-        if has_wd:
-            g = g + wd * p[i]
+        g = _effective_grad(grad[i], p[i], maximize, has_wd, wd)
         if mode != MOMENTUM_NONE:
             if mode == MOMENTUM_FIRST:
                 b = g
