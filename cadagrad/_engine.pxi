@@ -1,7 +1,8 @@
 # The step engine: a fixed list of params and state buffers, checked once by the Python layer and kept
 # as raw pointers. A step only re-reads a few header fields of each array (nanoseconds), so stepping
 # the same params again costs no Python-level work. On any mismatch it asks the Python validator,
-# which owns every error message, to explain.
+# which owns every error message, to explain. A step's hyperparameters are packed (and checked) in one
+# place per rule, shared by the dense and the sparse-row steps.
 
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
@@ -197,6 +198,34 @@ cdef class StepEngine:
         finally:
             PyThread_release_lock(self.lock)
 
+    cdef int _pack_adagrad(self, AdagradArgs* a, double lr, double lr_decay, double weight_decay,
+                           double eps, bint eps_inside_sqrt, bint maximize) except -1:
+        # The arguments of an AdaGrad step (dense or rows), checked before anything is read or written.
+        if self.states is None:
+            raise ValueError("AdaGrad needs accumulators (states)")
+        a.clr = _adagrad_clr(lr, lr_decay, self.steps)
+        a.weight_decay = weight_decay
+        a.eps = eps
+        a.has_weight_decay = weight_decay != 0.0
+        a.eps_inside_sqrt = eps_inside_sqrt
+        a.maximize = maximize
+        return 0
+
+    cdef int _pack_sgd(self, SgdArgs* a, double lr, double weight_decay, double momentum, double dampening,
+                       bint nesterov, bint maximize) except -1:
+        # The arguments of an SGD step (dense or rows), checked before anything is read or written.
+        a.momentum_mode = _momentum_mode(momentum, self.steps)
+        if a.momentum_mode != MOMENTUM_NONE and self.states is None:
+            raise ValueError("momentum needs momentum buffers")
+        a.lr = lr
+        a.weight_decay = weight_decay
+        a.momentum = momentum
+        a.one_minus_dampening = 1.0 - dampening
+        a.has_weight_decay = weight_decay != 0.0
+        a.nesterov = nesterov
+        a.maximize = maximize
+        return 0
+
     cdef int _load_grads(self, grads) except -1:
         # Checks everything a step touches before anything is written, and stores the grad pointers.
         cdef Py_ssize_t i
@@ -229,19 +258,12 @@ cdef class StepEngine:
         when ``skip_if_nonfinite`` and a grad holds NaN or inf.
         """
         cdef AdagradArgs a
-        if self.states is None:
-            raise ValueError("AdaGrad needs accumulators (states)")
         self._acquire()
         try:
+            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize)
             self._load_grads(grads)
             if skip_if_nonfinite and self._any_nonfinite(num_threads):
                 return False
-            a.clr = _adagrad_clr(lr, lr_decay, self.steps)
-            a.weight_decay = weight_decay
-            a.eps = eps
-            a.has_weight_decay = weight_decay != 0.0
-            a.eps_inside_sqrt = eps_inside_sqrt
-            a.maximize = maximize
             with nogil:
                 _run(KERNEL_ADAGRAD, self.segs, self.k, self.total, num_threads, &a)
             self.steps += 1
@@ -259,19 +281,10 @@ cdef class StepEngine:
         cdef SgdArgs a
         self._acquire()
         try:
+            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize)
             self._load_grads(grads)
             if skip_if_nonfinite and self._any_nonfinite(num_threads):
                 return False
-            a.lr = lr
-            a.weight_decay = weight_decay
-            a.momentum = momentum
-            a.one_minus_dampening = 1.0 - dampening
-            a.momentum_mode = _momentum_mode(momentum, self.steps)
-            if a.momentum_mode != MOMENTUM_NONE and self.states is None:
-                raise ValueError("momentum needs momentum buffers")
-            a.has_weight_decay = weight_decay != 0.0
-            a.nesterov = nesterov
-            a.maximize = maximize
             with nogil:
                 _run(KERNEL_SGD, self.segs, self.k, self.total, num_threads, &a)
             self.steps += 1
@@ -338,16 +351,9 @@ cdef class StepEngine:
         """
         cdef AdagradArgs a
         cdef Py_ssize_t bad
-        if self.states is None:
-            raise ValueError("AdaGrad needs accumulators (states)")
         self._acquire()
         try:
-            a.clr = _adagrad_clr(lr, lr_decay, self.steps)
-            a.weight_decay = weight_decay
-            a.eps = eps
-            a.has_weight_decay = weight_decay != 0.0
-            a.eps_inside_sqrt = eps_inside_sqrt
-            a.maximize = maximize
+            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize)
             bad = self._rows_step(KERNEL_ADAGRAD, index, indices, rows, assume_unique, &a, num_threads)
             if bad == -1:
                 self.steps += 1
@@ -365,14 +371,7 @@ cdef class StepEngine:
         cdef Py_ssize_t bad
         self._acquire()
         try:
-            a.lr = lr
-            a.weight_decay = weight_decay
-            a.momentum = momentum
-            a.one_minus_dampening = 1.0 - dampening
-            a.momentum_mode = _momentum_mode(momentum, self.steps)
-            a.has_weight_decay = weight_decay != 0.0
-            a.nesterov = nesterov
-            a.maximize = maximize
+            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize)
             bad = self._rows_step(KERNEL_SGD, index, indices, rows, assume_unique, &a, num_threads)
             if bad == -1:
                 self.steps += 1

@@ -15,5 +15,5 @@ include "_rules.pxi"
 include "_parallel.pxi"
 # Sparse rows: grouping duplicate indices (RowGroups), the row walk.
 include "_rows.pxi"
-# The step engine: pointers kept, headers re-checked.
+# The step engine: pointers kept, headers re-checked, each rule's arguments packed once.
 include "_engine.pxi"
