@@ -44,10 +44,6 @@ cdef inline bint _grad_fits(object obj, object param_obj, int typenum) noexcept:
     return True
 
 
-cdef inline bint _overlap(const char* a, const char* b, Py_ssize_t nbytes) noexcept:
-    return nbytes > 0 and a < b + nbytes and b < a + nbytes
-
-
 cdef inline bint _grad_alias_ok(const char* grad, Py_ssize_t nbytes, Py_ssize_t owner,
                                 const ByteRange* ranges, Py_ssize_t n_ranges) noexcept:
     # A grad may be its own param exactly (a well-defined element-wise update), but no other buffer
@@ -188,15 +184,6 @@ cdef class StepEngine:
         with nogil:
             found = _run(KERNEL_CHECK_FINITE, self.segs, self.k, self.total, num_threads, NULL)
         return found
-
-    def has_nonfinite(self, grads, int num_threads=0):
-        """Whether any of ``grads`` (checked as for a step) holds a NaN or an infinity."""
-        self._acquire()
-        try:
-            self._load_grads(grads)
-            return self._any_nonfinite(num_threads)
-        finally:
-            PyThread_release_lock(self.lock)
 
     cdef int _pack_adagrad(self, AdagradArgs* a, double lr, double lr_decay, double weight_decay,
                            double eps, bint eps_inside_sqrt, bint maximize) except -1:
