@@ -1,9 +1,9 @@
 """Build of cadagrad's compiled kernels.
 
-One Cython source (cadagrad/_kernels.pxi) is compiled once per instruction set: a portable ``generic``
-module and, on x86-64 compilers that accept the flags, ``avx2`` and ``avx512`` variants that
-cadagrad._kernels picks at import after asking the CPU. Every variant uses exact IEEE arithmetic
-(no -ffast-math, no FMA contraction), so all give the same bits.
+One Cython source (cadagrad/_kernels.pxi, which includes the other files of KERNEL_SOURCES in order) is
+compiled once per instruction set: a portable ``generic`` module and, on x86-64 compilers that accept the
+flags, ``avx2`` and ``avx512`` variants that cadagrad._kernels picks at import after asking the CPU. Every
+variant uses exact IEEE arithmetic (no -ffast-math, no FMA contraction), so all give the same bits.
 
 Environment variables read at build time:
 
@@ -24,6 +24,15 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
+# What every variant includes: editing any of these rebuilds all of them.
+KERNEL_SOURCES = [
+    "cadagrad/_kernels.pxi",
+    "cadagrad/_platform.pxi",
+    "cadagrad/_rules.pxi",
+    "cadagrad/_parallel.pxi",
+    "cadagrad/_rows.pxi",
+    "cadagrad/_engine.pxi",
+]
 ISA_FLAGS = {
     "generic": [],
     "avx2": ["-mavx2"],
@@ -132,7 +141,7 @@ def _variant(isa):
     return Extension(
         f"cadagrad._kernels_{isa}",
         sources=[f"cadagrad/_kernels_{isa}.pyx"],
-        depends=["cadagrad/_kernels.pxi"],
+        depends=KERNEL_SOURCES,
         include_dirs=[numpy.get_include()],
     )
 

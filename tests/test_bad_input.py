@@ -10,7 +10,8 @@ spare element beyond each of them), the grads, the optimizer's own state (``sums
 Groups, in order: the optimizers' params at construction; a step's grads (including one bad grad among
 three, to show validate-all-before-update); params changed after construction; memory shared between
 params, grads and state; hyperparameters at construction and as attributes; ``load_state_dict``; the
-functional layer; sparse ``step_rows``; and finally the edge cases that are well defined and must work.
+functional layer; sparse ``step_rows`` (and the step engine's own check of momentum buffers, below the
+validators, whose message names no argument); and finally the edge cases that are well defined and must work.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 from conftest import random_array
 
 import cadagrad
-from cadagrad import reference
+from cadagrad import _kernels, reference
 
 SHAPES = ((4, 3), (5,), (2, 3, 2))
 DTYPES = (np.float32, np.float64, np.float32)
@@ -1045,6 +1046,33 @@ def test_bad_sparse_step_is_refused_and_nothing_written(stateful_setup, rng, mak
         rows = make_rows(rows)
     s.extra.append(rows)
     assert_untouched(s.arrays(), lambda: s.opt.step_rows(indices, rows, **options), exc, match, [s.opt])
+
+
+ENGINE_SGD_STEPS = [
+    pytest.param(lambda engine, grad, indices, rows: engine.sgd(grad, 0.1, 0.0, 0.9, 0.0, False, False, 1),
+                 id="dense"),
+    pytest.param(lambda engine, grad, indices, rows: engine.sgd_rows(
+        0, indices, rows, False, 0.1, 0.0, 0.9, 0.0, False, False, 1), id="rows"),
+    pytest.param(lambda engine, grad, indices, rows: engine.sgd_rows(
+        0, indices, rows, True, 0.1, 0.0, 0.9, 0.0, False, False, 1), id="rows-assume-unique"),
+]
+
+
+@pytest.mark.parametrize("isa", list(_kernels.available_variants()))
+@pytest.mark.parametrize("steps", [0, 3], ids=["first-step", "later-step"])
+@pytest.mark.parametrize("call", ENGINE_SGD_STEPS)
+def test_engine_sgd_with_momentum_but_no_buffers_is_refused_dense_and_sparse(rng, isa, steps, call):
+    # The engine below the validators: its dense and sparse SGD steps share one argument check, so a
+    # sparse step refuses momentum without buffers as the dense step does, instead of writing the
+    # momentum through a null pointer.
+    param = random_array(rng, (4, 3), np.float32)
+    engine = _kernels.available_variants()[isa].StepEngine([param], None, True, None, steps)
+    grad = random_array(rng, (4, 3), np.float32)
+    indices = np.array([0, 2])
+    rows = random_array(rng, (2, 3), np.float32)
+    step = lambda: call(engine, grad, indices, rows)  # noqa: E731
+    assert_untouched([param, grad, indices, rows], step, ValueError, "^momentum needs momentum buffers")
+    assert engine.steps == steps
 
 
 # ---------------------------------------------------------------------------------------------------

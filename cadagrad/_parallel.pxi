@@ -1,0 +1,140 @@
+# The segment table (every tensor of a step as raw pointers, laid end to end), the one parallel walk
+# over it, and how many threads a step gets and where each thread's share starts.
+
+from cython.parallel cimport prange
+
+
+cdef enum:
+    # Below this many elements per thread, starting a thread costs more than it saves.
+    GRAIN = 32768
+
+PARALLEL_GRAIN = GRAIN
+
+
+cdef struct Segment:
+    # One tensor of a step: its buffers as raw pointers and its place in the flattened element range.
+    char* param
+    char* state            # AdaGrad: the accumulator G; SGD: the momentum buffer (NULL without momentum)
+    const char* grad       # refreshed at every step
+    Py_ssize_t size
+    Py_ssize_t start       # index of its first element in the concatenation of all segments
+    Py_ssize_t cols        # row-wise AdaGrad: elements per row (one accumulator per row); else 0
+    Py_ssize_t state_size  # elements of the state: size, or size // cols when row-wise
+    int typenum            # NumPy's type number of the param (and of its state and grads)
+    bint is_double
+
+
+cdef enum:
+    KERNEL_ADAGRAD = 0
+    KERNEL_SGD = 1
+    KERNEL_CEILING = 2
+    KERNEL_CHECK_FINITE = 3     # reads the grads only; the range reports whether one is not finite
+
+
+cdef inline bint _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
+                              const void* args) noexcept nogil:
+    if kernel == KERNEL_CHECK_FINITE:
+        if s.is_double:
+            return _has_nonfinite_span(<const double*>s.grad + lo, n)
+        return _has_nonfinite_span(<const float*>s.grad + lo, n)
+    cdef Py_ssize_t row, last_row
+    if s.cols > 0:
+        # Row-wise segment: the rows whose first element lies in [lo, lo + n) belong to this range.
+        row = (lo + s.cols - 1) // s.cols
+        last_row = (lo + n + s.cols - 1) // s.cols
+        if kernel == KERNEL_ADAGRAD and last_row > row:
+            if s.is_double:
+                _adagrad_rowwise_rows(<double*>s.param + row * s.cols, <const double*>s.grad + row * s.cols,
+                                      <double*>s.state + row, last_row - row, s.cols,
+                                      <const AdagradArgs*>args)
+            else:
+                _adagrad_rowwise_rows(<float*>s.param + row * s.cols, <const float*>s.grad + row * s.cols,
+                                      <float*>s.state + row, last_row - row, s.cols,
+                                      <const AdagradArgs*>args)
+            return False
+        if kernel == KERNEL_CEILING:     # the per-row state is a negligible part of the traffic
+            if s.is_double:
+                _ceiling_span(<double*>s.param + lo, <const double*>s.grad + lo, <double*>NULL, n)
+            else:
+                _ceiling_span(<float*>s.param + lo, <const float*>s.grad + lo, <float*>NULL, n)
+        return False
+    if s.is_double:
+        if kernel == KERNEL_ADAGRAD:
+            _adagrad_span(<double*>s.param + lo, <const double*>s.grad + lo, <double*>s.state + lo, n,
+                          <const AdagradArgs*>args)
+        elif kernel == KERNEL_SGD:
+            _sgd_span(<double*>s.param + lo, <const double*>s.grad + lo,
+                      <double*>s.state + lo if s.state != NULL else NULL, n, <const SgdArgs*>args)
+        else:
+            _ceiling_span(<double*>s.param + lo, <const double*>s.grad + lo,
+                          <double*>s.state + lo if s.state != NULL else NULL, n)
+    else:
+        if kernel == KERNEL_ADAGRAD:
+            _adagrad_span(<float*>s.param + lo, <const float*>s.grad + lo, <float*>s.state + lo, n,
+                          <const AdagradArgs*>args)
+        elif kernel == KERNEL_SGD:
+            _sgd_span(<float*>s.param + lo, <const float*>s.grad + lo,
+                      <float*>s.state + lo if s.state != NULL else NULL, n, <const SgdArgs*>args)
+        else:
+            _ceiling_span(<float*>s.param + lo, <const float*>s.grad + lo,
+                          <float*>s.state + lo if s.state != NULL else NULL, n)
+    return False
+
+
+cdef bint _run_range(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t lo, Py_ssize_t hi,
+                     const void* args) noexcept nogil:
+    # Applies the kernel to elements [lo, hi) of the concatenation: each segment overlapping the range
+    # gets one straight loop over its part. Returns whether any part reported (KERNEL_CHECK_FINITE).
+    cdef Py_ssize_t first = 0, last = k - 1, mid, a, b
+    cdef bint found = False
+    while first < last:                    # the last segment that starts at or before lo
+        mid = (first + last + 1) // 2
+        if segs[mid].start <= lo:
+            first = mid
+        else:
+            last = mid - 1
+    while first < k and segs[first].start < hi:
+        a = max(lo, segs[first].start) - segs[first].start
+        b = min(hi, segs[first].start + segs[first].size) - segs[first].start
+        if b > a:
+            found |= _run_segment(kernel, &segs[first], a, b - a, args)
+        first += 1
+    return found
+
+
+cdef inline Py_ssize_t _split_point(Py_ssize_t total, int nthreads, int t) noexcept nogil:
+    # Thread t owns [split(t), split(t + 1)): equal shares rounded down to 64 elements, so that
+    # neighbouring threads do not write into the same cache line of a segment that starts aligned.
+    if t >= nthreads:
+        return total
+    return (total // nthreads * t) & ~(<Py_ssize_t>63)
+
+
+cdef int _threads_for(Py_ssize_t total, int requested) noexcept nogil:
+    cdef int wanted
+    cdef Py_ssize_t useful
+    if _forked_child or not CG_HAVE_OPENMP:
+        return 1
+    if requested > 0:
+        wanted = requested
+    elif _global_threads > 0:
+        wanted = _global_threads
+    else:
+        wanted = cg_max_threads()
+    useful = total // GRAIN
+    if useful < wanted:
+        return <int>useful if useful > 1 else 1
+    return wanted
+
+
+cdef bint _run(int kernel, Segment* segs, Py_ssize_t k, Py_ssize_t total, int requested_threads,
+               const void* args) noexcept nogil:
+    cdef int nthreads = _threads_for(total, requested_threads)
+    cdef int t
+    cdef int found = 0
+    if nthreads == 1:
+        return _run_range(kernel, segs, k, 0, total, args)
+    for t in prange(nthreads, schedule='static', num_threads=nthreads):
+        found |= _run_range(kernel, segs, k, _split_point(total, nthreads, t),
+                            _split_point(total, nthreads, t + 1), args)
+    return found != 0

@@ -1,0 +1,126 @@
+# What the kernels need from the compiler, the CPU and OpenMP, and the module's only global state (the
+# thread setting and the fork flag), with the Python functions that read them.
+
+# The NumPy C-API is used only by the step engine, to check a step's grads in a few nanoseconds each
+# (a typed memoryview costs ~0.5 us per array), and by data_address. The extension is built against
+# NumPy >= 2, which makes one build work with NumPy 1.x and 2.x at run time.
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int cg_max_threads(void) { return omp_get_max_threads(); }
+    #define CG_HAVE_OPENMP 1
+    #else
+    static int cg_max_threads(void) { return 1; }
+    #define CG_HAVE_OPENMP 0
+    #endif
+    """
+    int cg_max_threads() noexcept nogil
+    const int CG_HAVE_OPENMP
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    static int cg_cpu_has_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
+    static int cg_cpu_has_avx512(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+    }
+    #else
+    static int cg_cpu_has_avx2(void) { return 0; }
+    static int cg_cpu_has_avx512(void) { return 0; }
+    #endif
+    """
+    int cg_cpu_has_avx2() noexcept nogil
+    int cg_cpu_has_avx512() noexcept nogil
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    /* Integer views of float bits that may alias the floats (strict aliasing stays on). */
+    #if defined(__GNUC__)
+    typedef uint32_t __attribute__((__may_alias__)) cg_bits32;
+    typedef uint64_t __attribute__((__may_alias__)) cg_bits64;
+    #else
+    typedef uint32_t cg_bits32;
+    typedef uint64_t cg_bits64;
+    #endif
+    """
+    ctypedef unsigned int cg_bits32
+    ctypedef unsigned long long cg_bits64
+
+cdef extern from *:
+    """
+    /* Asks for every cache line of [p, p + nbytes) ahead of use: sparse steps jump between rows that
+       no hardware prefetcher can guess. */
+    static inline void cg_prefetch(const void* p, Py_ssize_t nbytes, int for_write) {
+    #if defined(__GNUC__)
+        const char* c = (const char*)p;
+        Py_ssize_t off;
+        for (off = 0; off < nbytes; off += 64) {
+            if (for_write) __builtin_prefetch(c + off, 1, 3); else __builtin_prefetch(c + off, 0, 3);
+        }
+    #else
+        (void)p; (void)nbytes; (void)for_write;
+    #endif
+    }
+    """
+    void cg_prefetch(const void* p, Py_ssize_t nbytes, int for_write) noexcept nogil
+
+cdef extern from *:
+    """
+    #ifndef CG_COMPILE_FLAGS
+    #define CG_COMPILE_FLAGS "unknown"
+    #endif
+    """
+    const char* CG_COMPILE_FLAGS
+
+
+cdef int _global_threads = 0      # set_num_threads(); 0 means "ask OpenMP at call time"
+cdef bint _forked_child = False   # see _after_fork_in_child()
+
+
+def set_num_threads(int n):
+    """Set the default thread count of every step (0 restores ``omp_get_max_threads()``)."""
+    global _global_threads
+    _global_threads = n
+
+
+def get_num_threads():
+    """The thread count a large step uses when it names none."""
+    if _forked_child or not CG_HAVE_OPENMP:
+        return 1
+    return _global_threads if _global_threads > 0 else cg_max_threads()
+
+
+def _after_fork_in_child():
+    # GNU OpenMP hangs a forked child that enters a parallel region after its parent used one, so a
+    # forked child steps serially.
+    global _forked_child
+    _forked_child = True
+
+
+def data_address(cnp.ndarray arr):
+    """The address of ``arr``'s first byte, read in C.
+
+    The validators use this, not ``__array_interface__`` or ``byte_bounds``: both leak about 10 bytes per
+    call in NumPy 2.4 (found by tests/test_steady_state.py).
+    """
+    return <Py_ssize_t>cnp.PyArray_DATA(arr)
+
+
+def has_openmp():
+    """Whether this build runs steps with OpenMP threads."""
+    return bool(CG_HAVE_OPENMP)
+
+
+COMPILE_FLAGS = CG_COMPILE_FLAGS.decode()
+
+
+def cpu_features():
+    """The instruction sets of this CPU that a kernel variant may need (checked with the OS's support)."""
+    return {"avx2": bool(cg_cpu_has_avx2()), "avx512": bool(cg_cpu_has_avx512())}

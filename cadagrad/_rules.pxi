@@ -1,0 +1,199 @@
+# The update rules, each formula once: AdaGrad (element-wise and row-wise), SGD with momentum, the lr
+# decay of AdaGrad; then the ceiling kernel and the non-finite scan. The rules page of the docs
+# (docs/rules.rst) states them, and reference.py holds the same rules in NumPy, in the same operation
+# order; nothing else in the package computes them.
+#
+# The loops use IEEE sqrt and division only and are built with -ffp-contract=off, so every variant gives
+# the same bits as cadagrad.reference. Checked with `-fopt-info-vec-optimized -fopt-info-loop` (GCC 12,
+# -O3 -fno-math-errno): each span loop below is unswitched on its loop-invariant flags (maximize, has_wd,
+# eps_inside; SGD's momentum mode and nesterov are specialised by hand) and every resulting loop is
+# vectorized (16-byte SSE2, 32-byte with -mavx2, 64-byte with -mavx512f), with a runtime alias check that
+# falls back to the scalar loop when a grad *is* the param. The small inline helpers below (one per
+# formula) are inlined into each loop before that happens: the same loops vectorize as when each loop
+# spelled its formulas out.
+
+from cython cimport floating
+from libc.math cimport sqrt, sqrtf
+
+
+cdef struct AdagradArgs:
+    double clr
+    double weight_decay
+    double eps
+    bint has_weight_decay
+    bint eps_inside_sqrt
+    bint maximize
+
+
+cdef struct SgdArgs:
+    double lr
+    double weight_decay
+    double momentum
+    double one_minus_dampening
+    int momentum_mode      # MOMENTUM_NONE, MOMENTUM_FIRST or MOMENTUM_LATER
+    bint has_weight_decay
+    bint nesterov
+    bint maximize
+
+
+cdef enum:
+    MOMENTUM_NONE = 0
+    MOMENTUM_FIRST = 1     # first step: buf = g
+    MOMENTUM_LATER = 2     # buf = momentum * buf + (1 - dampening) * g
+
+
+cdef inline double _adagrad_clr(double lr, double lr_decay, Py_ssize_t steps) noexcept nogil:
+    # AdaGrad's decayed learning rate at step t = steps + 1: lr / (1 + (t - 1) * lr_decay), in double
+    # (each kernel casts it to the array's dtype once).
+    return lr / (1.0 + <double>steps * lr_decay)
+
+
+cdef inline int _momentum_mode(double momentum, Py_ssize_t steps) noexcept nogil:
+    # Which momentum rule step t = steps + 1 takes: none, buf = g (t = 1), or the running average.
+    if momentum == 0.0:
+        return MOMENTUM_NONE
+    if steps == 0:
+        return MOMENTUM_FIRST
+    return MOMENTUM_LATER
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating _effective_grad(floating g, floating p, bint maximize, bint has_wd,
+                                     floating wd) noexcept nogil:
+    # What every rule steps along: the grad, negated to maximize, plus the coupled weight decay.
+    if maximize:
+        g = -g
+    if has_wd:
+        g = g + wd * p
+    return g
+
+
+cdef inline floating _adagrad_denominator(floating G, floating eps, bint inside) noexcept nogil:
+    if inside:
+        return _sqrt(G + eps)
+    return _sqrt(G) + eps
+
+
+cdef inline floating _adagrad_new_param(floating p, floating g, floating clr, floating d) noexcept nogil:
+    return p - (clr * g) / d
+
+
+cdef void _adagrad_span(floating* p, const floating* grad, floating* G, Py_ssize_t n,
+                        const AdagradArgs* a) noexcept nogil:
+    cdef floating clr = <floating>a.clr
+    cdef floating wd = <floating>a.weight_decay
+    cdef floating eps = <floating>a.eps
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
+    cdef floating g
+    cdef Py_ssize_t i
+    for i in range(n):
+        g = _effective_grad(grad[i], p[i], maximize, has_wd, wd)
+        G[i] = G[i] + g * g
+        p[i] = _adagrad_new_param(p[i], g, clr, _adagrad_denominator(G[i], eps, inside))
+
+
+cdef void _adagrad_rowwise_rows(floating* p, const floating* grad, floating* G, Py_ssize_t rows,
+                                Py_ssize_t cols, const AdagradArgs* a) noexcept nogil:
+    # Row-wise AdaGrad (FBGEMM's rule): G_row = G_row + mean(g * g) over the row, the sum taken left
+    # to right (the reference's np.cumsum order), then every element of the row divides by one d.
+    cdef floating clr = <floating>a.clr
+    cdef floating wd = <floating>a.weight_decay
+    cdef floating eps = <floating>a.eps
+    cdef floating width = <floating>cols
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
+    cdef floating g, d, total
+    cdef Py_ssize_t r, j
+    for r in range(rows):
+        total = 0
+        for j in range(cols):
+            g = _effective_grad(grad[j], p[j], maximize, has_wd, wd)
+            total = total + g * g
+        G[r] = G[r] + total / width
+        d = _adagrad_denominator(G[r], eps, inside)
+        for j in range(cols):
+            g = _effective_grad(grad[j], p[j], maximize, has_wd, wd)
+            p[j] = _adagrad_new_param(p[j], g, clr, d)
+        p += cols
+        grad += cols
+
+
+cdef inline void _sgd_span_as(floating* p, const floating* grad, floating* buf, Py_ssize_t n,
+                              const SgdArgs* a, int mode, bint nesterov) noexcept nogil:
+    # Called only with literal mode and nesterov (see _sgd_span), so each caller gets its own loop;
+    # GCC's unswitching alone gave up on five flags and left most SGD loops scalar.
+    cdef floating lr = <floating>a.lr
+    cdef floating wd = <floating>a.weight_decay
+    cdef floating momentum = <floating>a.momentum
+    cdef floating damp1 = <floating>a.one_minus_dampening
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay
+    cdef floating g, b
+    cdef Py_ssize_t i
+    for i in range(n):
+        g = _effective_grad(grad[i], p[i], maximize, has_wd, wd)
+        if mode != MOMENTUM_NONE:
+            if mode == MOMENTUM_FIRST:
+                b = g
+            else:
+                b = momentum * buf[i] + damp1 * g
+            buf[i] = b
+            if nesterov:
+                g = g + momentum * b
+            else:
+                g = b
+        p[i] = p[i] - lr * g
+
+
+cdef void _sgd_span(floating* p, const floating* grad, floating* buf, Py_ssize_t n,
+                    const SgdArgs* a) noexcept nogil:
+    if a.momentum_mode == MOMENTUM_NONE:
+        _sgd_span_as(p, grad, buf, n, a, MOMENTUM_NONE, False)
+    elif a.momentum_mode == MOMENTUM_FIRST:
+        if a.nesterov:
+            _sgd_span_as(p, grad, buf, n, a, MOMENTUM_FIRST, True)
+        else:
+            _sgd_span_as(p, grad, buf, n, a, MOMENTUM_FIRST, False)
+    elif a.nesterov:
+        _sgd_span_as(p, grad, buf, n, a, MOMENTUM_LATER, True)
+    else:
+        _sgd_span_as(p, grad, buf, n, a, MOMENTUM_LATER, False)
+
+
+cdef void _ceiling_span(floating* p, const floating* grad, floating* state, Py_ssize_t n) noexcept nogil:
+    # The memory traffic of a step (read p, grad and the state if any; write p and the state) with an
+    # addition or two per store: the bandwidth ceiling that benchmarks compare against, run on the
+    # optimizer's own buffers. The state grows by g * g, so an AdaGrad accumulator stays >= 0 and the
+    # real steps timed beside it stay finite. Not an optimizer.
+    cdef Py_ssize_t i
+    if state == NULL:
+        for i in range(n):
+            p[i] = p[i] + grad[i]
+    else:
+        for i in range(n):
+            state[i] = state[i] + grad[i] * grad[i]
+            p[i] = p[i] + grad[i]
+
+
+cdef bint _has_nonfinite_span(const floating* grad, Py_ssize_t n) noexcept nogil:
+    # An element is NaN or infinite exactly when all its exponent bits are set. An integer max over the
+    # exponent fields vectorizes (a float reduction would not, without -fassociative-math).
+    cdef Py_ssize_t i
+    cdef const cg_bits32* bits32
+    cdef const cg_bits64* bits64
+    cdef cg_bits32 top32 = 0
+    cdef cg_bits64 top64 = 0
+    if floating is float:
+        bits32 = <const cg_bits32*>grad
+        for i in range(n):
+            top32 = max(top32, bits32[i] & 0x7F800000u)
+        return top32 == 0x7F800000u
+    else:
+        bits64 = <const cg_bits64*>grad
+        for i in range(n):
+            top64 = max(top64, bits64[i] & 0x7FF0000000000000u)
+        return top64 == 0x7FF0000000000000u
