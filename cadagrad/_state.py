@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 import mmap
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -70,6 +71,9 @@ _CHUNK_BYTES = 1 << 22           # rows scanned per chunk when copying or loadin
 
 _HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)        # Linux only
 _NOHUGEPAGE = getattr(mmap, "MADV_NOHUGEPAGE", None)
+# Private, not Python's default shared mapping: shared anonymous memory is shmem, which ignores
+# MADV_HUGEPAGE under the usual shmem_enabled=never, and a forked child would share the state.
+_PRIVATE = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
 
 
 def _advise(mapping: mmap.mmap, advice: int | None) -> None:
@@ -85,10 +89,12 @@ def _is_zero(value: float) -> bool:
     return value == 0.0 and math.copysign(1.0, value) > 0.0
 
 
-def _anonymous(shape: tuple[int, ...], dtype: np.dtype, phase_from: int | None) -> tuple[np.ndarray, mmap.mmap]:
+def _anonymous(
+    shape: tuple[int, ...], dtype: np.dtype, phase_from: int | None
+) -> tuple[np.ndarray, mmap.mmap]:
     """Zero pages of ``shape``, 4 KiB pages only; with ``phase_from``, at STATE_PHASE from it mod 2 MiB."""
     nbytes = math.prod(shape) * dtype.itemsize
-    mapping = mmap.mmap(-1, nbytes + (PHASE_PERIOD if phase_from is not None else 0))
+    mapping = mmap.mmap(-1, nbytes + (PHASE_PERIOD if phase_from is not None else 0), **_PRIVATE)
     _advise(mapping, _NOHUGEPAGE)
     raw = np.frombuffer(mapping, dtype=np.uint8)
     offset = 0
@@ -104,7 +110,7 @@ def _as_rows(array: np.ndarray) -> np.ndarray:
     return bits.reshape(array.shape[0], -1) if array.ndim else bits.reshape(1, 1)
 
 
-def _row_chunks(nrows: int, ncols: int, itemsize: int):
+def _row_chunks(nrows: int, ncols: int, itemsize: int) -> Iterator[tuple[int, int]]:
     step = max(1, _CHUNK_BYTES // max(1, ncols * itemsize))
     for lo in range(0, nrows, step):
         yield lo, min(nrows, lo + step)
