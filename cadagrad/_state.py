@@ -107,7 +107,12 @@ def _anonymous(
 def _as_rows(array: np.ndarray) -> np.ndarray:
     """``array`` as (rows, columns) of unsigned integers of its item size: bitwise comparisons."""
     bits = array.view(np.uint32 if array.dtype.itemsize == 4 else np.uint64)
-    return bits.reshape(array.shape[0], -1) if array.ndim else bits.reshape(1, 1)
+    return bits.reshape(array.shape[0], math.prod(array.shape[1:])) if array.ndim else bits.reshape(1, 1)
+
+
+def _per_row(mask: np.ndarray, array: np.ndarray) -> np.ndarray:
+    """A ``bool`` per row of ``array``, shaped to broadcast over it."""
+    return mask.reshape(array.shape[:1] + (1,) * (array.ndim - 1)) if array.ndim else mask.reshape(())
 
 
 def _row_chunks(nrows: int, ncols: int, itemsize: int) -> Iterator[tuple[int, int]]:
@@ -120,7 +125,7 @@ def _nonzero_rows(array: np.ndarray) -> np.ndarray:
     """A ``bool`` per row: whether any bit of the row is set. Reads untouched pages as the zero page."""
     rows = _as_rows(array)
     out = np.empty(rows.shape[0], dtype=np.bool_)
-    for lo, hi in _row_chunks(*rows.shape, array.dtype.itemsize):
+    for lo, hi in _row_chunks(rows.shape[0], rows.shape[1], array.dtype.itemsize):
         np.any(rows[lo:hi], axis=1, out=out[lo:hi])
     return out
 
@@ -128,7 +133,7 @@ def _nonzero_rows(array: np.ndarray) -> np.ndarray:
 def _copy_rows(dst: np.ndarray, src: np.ndarray, which: np.ndarray) -> None:
     """``dst[r] = src[r]`` for the rows ``r`` where ``which`` is True, a chunk at a time."""
     dst_rows, src_rows = _as_rows(dst), _as_rows(src)
-    for lo, hi in _row_chunks(*src_rows.shape, src.dtype.itemsize):
+    for lo, hi in _row_chunks(src_rows.shape[0], src_rows.shape[1], src.dtype.itemsize):
         named = np.flatnonzero(which[lo:hi]) + lo
         if named.size:
             dst_rows[named] = src_rows[named]
@@ -181,7 +186,7 @@ class State:
             bits = _as_rows(np.array(value, dtype=state.array.dtype))[0, 0]
             rows = _as_rows(array)
             at_value = np.empty(rows.shape[0], dtype=np.bool_)
-            for lo, hi in _row_chunks(*rows.shape, array.dtype.itemsize):
+            for lo, hi in _row_chunks(rows.shape[0], rows.shape[1], array.dtype.itemsize):
                 np.all(rows[lo:hi] == bits, axis=1, out=at_value[lo:hi])
             copy &= ~at_value
             state._ready = ~at_value                 # all-zero rows are ready as they are
@@ -229,8 +234,7 @@ class State:
                 if self._ready is None:
                     self.array.fill(self.value)
                 else:
-                    where = self._ready.reshape((-1,) + (1,) * (self.array.ndim - 1))
-                    np.copyto(self.array, self.value, where=~where)
+                    np.copyto(self.array, self.value, where=~_per_row(self._ready, self.array))
                 self._fill = False
                 self._ready = None
             self.pending = False
@@ -249,8 +253,7 @@ class State:
             if self._fill:
                 out = np.full(self.array.shape, self.value, dtype=self.array.dtype)
                 if self._ready is not None:
-                    where = self._ready.reshape((-1,) + (1,) * (self.array.ndim - 1))
-                    np.copyto(out, self.array, where=where)
+                    np.copyto(out, self.array, where=_per_row(self._ready, self.array))
                 return out
             out, _ = _anonymous(self.array.shape, self.array.dtype, None)
             _copy_rows(out, self.array, _nonzero_rows(self.array))

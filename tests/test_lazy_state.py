@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -189,6 +190,25 @@ def test_loading_a_dense_state_writes_every_row(rng):
     assert_bitwise_equal(target.sums[0], source.sums[0])
 
 
+def test_row_steps_on_filled_rows_allocate_nothing_that_stays():
+    table = np.zeros((1 << 12, 8), dtype=np.float32)
+    with lazy_everywhere():
+        opt = cadagrad.Adagrad(table, initial_accumulator_value=0.1)
+    idx = np.random.default_rng(5).integers(0, 1 << 12, 512)
+    rows = np.ones((512, 8), dtype=np.float32)
+    opt.step_rows(idx, rows)                             # fills the rows, grows the scratch
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(2000):
+            opt.step_rows(idx, rows)
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 4096 and peak - before < 4096, (after - before, peak - before)
+
+
 def _raw(opt):
     return opt._states[0].tobytes()
 
@@ -243,6 +263,27 @@ def test_negative_zero_initial_value_is_kept_bitwise():
         opt = cadagrad.Adagrad(param, initial_accumulator_value=-0.0)
     opt.step_rows(np.array([2]), np.ones((1, 2), dtype=np.float32))
     assert_bitwise_equal(opt.sums[0][0], np.full(2, -0.0, dtype=np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_large_state_starts_at_its_phase_from_the_param(dtype):
+    """The 2 MiB placement that keeps dense steps fast holds for lazy buffers too."""
+    for shape, rowwise in (((1 << 20,), False), ((1 << 15, 64), False), ((1 << 20, 2), True)):
+        param = np.zeros(shape, dtype=dtype)
+        opt = cadagrad.Adagrad(param, rowwise=rowwise)
+        offset = (opt._states[0].ctypes.data - param.ctypes.data) % _state.PHASE_PERIOD
+        assert abs(offset - _state.STATE_PHASE) < np.dtype(dtype).itemsize
+
+
+def test_empty_and_zero_dimensional_params_with_lazy_state(rng):
+    with lazy_everywhere():
+        for shape in ((0, 3), (), (0,)):
+            param = np.ones(shape, dtype=np.float64)
+            opt = cadagrad.Adagrad(param, initial_accumulator_value=0.5)
+            saved = opt.state_dict()
+            opt.load_state_dict(saved)
+            opt.step(np.ones(shape))
+            assert_bitwise_equal(opt.sums[0], np.full(shape, 1.5))
 
 
 def _vm_flags(address):
@@ -307,8 +348,8 @@ _CHILD = textwrap.dedent(
     rng = np.random.default_rng(0)
     ids = rng.integers(0, V, k)
     rows = rng.standard_normal((k, D), dtype=np.float32)
-    # The table is zero pages without huge pages, as torch.zeros gives. (NumPy 2.x asks for huge pages
-    # on large np.zeros arrays, so one row write there faults in 2 MiB of the table itself.)
+    # The table is zero pages in 4 KiB pages. NumPy 2.x asks for huge pages on a large np.zeros array,
+    # so each row written there faults in 2 MiB of the table itself, whatever the optimizer does.
     flags = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
     table = np.frombuffer(mmap.mmap(-1, V * D * 4, **flags), dtype=np.float32).reshape(V, D)
     before = status()
