@@ -177,7 +177,11 @@ class _Optimizer:
         self._engine = engine
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the optimizer's state to ``path`` (``.npz``), atomically; see :mod:`cadagrad.checkpoint`."""
+        """Write the optimizer's state to ``path`` (``.npz``), atomically; see :mod:`cadagrad.checkpoint`.
+
+        Memory: what :meth:`state_dict` costs (the file is written in chunks from its copies); the file
+        holds every row of every state buffer, touched or not.
+        """
         checkpoint.save_state_dict(self.state_dict(), self._state_key, path)
 
     def load(self, path: str | os.PathLike) -> None:
@@ -329,6 +333,8 @@ class Adagrad(_Optimizer):
 
         Costs O(k x D) for k indices, whatever the number of rows V. Counts as one step of the optimizer
         (``step_count`` and ``lr_decay`` advance). Weight decay, if any, applies to the named rows only.
+        A large accumulator takes memory only for rows that steps have named: a row named for the first
+        time gets ``initial_accumulator_value`` written into its accumulator just before the update.
 
         Parameters
         ----------
