@@ -189,7 +189,10 @@ class State:
             for lo, hi in _row_chunks(rows.shape[0], rows.shape[1], array.dtype.itemsize):
                 np.all(rows[lo:hi] == bits, axis=1, out=at_value[lo:hi])
             copy &= ~at_value
-            state._ready = ~at_value                 # all-zero rows are ready as they are
+            if at_value.any():
+                state._ready = ~at_value             # all-zero rows are ready as they are
+            else:
+                state._fill = False                  # no row is waiting for its value
         if np.count_nonzero(copy) * 2 > copy.size:
             state._fill, state._ready = False, None   # every row is written next
             state.ready_all()
