@@ -64,6 +64,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ._kernels import data_address
+
 PHASE_PERIOD = 1 << 21           # a transparent huge page: address bits below it are physical
 STATE_PHASE = 768 << 10          # where a large buffer starts relative to its param, modulo that
 LAZY_BYTES = 1 << 22             # from this size on, a buffer is lazy (NumPy too switches to huge pages here)
@@ -99,7 +101,7 @@ def _anonymous(
     raw = np.frombuffer(mapping, dtype=np.uint8)
     offset = 0
     if phase_from is not None:
-        offset = (phase_from + STATE_PHASE - raw.ctypes.data) % PHASE_PERIOD
+        offset = (phase_from + STATE_PHASE - data_address(raw)) % PHASE_PERIOD
         offset -= offset % dtype.itemsize
     return raw[offset : offset + nbytes].view(dtype).reshape(shape), mapping
 
@@ -163,7 +165,7 @@ class State:
             self._fill = self._dense = False
             self.pending = False
             return
-        self.array, self._mapping = _anonymous(shape, dtype, param.ctypes.data)
+        self.array, self._mapping = _anonymous(shape, dtype, data_address(param))
         self._fill = not _is_zero(self.value)        # rows still to be written with value
         self._dense = False                          # advised for huge pages (a dense step ran)
         self.pending = True
