@@ -10,34 +10,13 @@ import numpy as np
 
 from . import _checks, checkpoint
 from ._kernels import StepEngine
+from ._state import State, filled_state, new_state
 
 Params = Union[np.ndarray, Sequence[np.ndarray]]
 
 
-_PHASE_PERIOD = 1 << 21          # a transparent huge page: address bits below it are physical
-_STATE_PHASE = 768 << 10         # where a large state buffer starts relative to its param, modulo that
-_LARGE = 1 << 22                 # from this size on, NumPy backs arrays with huge pages
-
-
-def _state_like(param: np.ndarray, shape: tuple[int, ...], value: float) -> np.ndarray:
-    """A C-contiguous state buffer for ``param``, filled with ``value``.
-
-    Filled with np.full-like writes, never np.zeros: NumPy asks Linux for transparent huge pages only on
-    its non-zeroed path (a 2^24-element AdaGrad step took 12.9 ms with a calloc'd accumulator, 8.9 ms
-    otherwise). A large buffer also starts at a chosen offset from its param modulo 2 MiB: with huge
-    pages, streams whose addresses nearly coincide modulo 2 MiB collide (the same step took 14.6 ms
-    with the accumulator 4 KiB from the param modulo 2 MiB and 8.9-10.7 ms at other offsets).
-    """
-    dtype = param.dtype
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes < _LARGE:
-        return np.full(shape, value, dtype=dtype)
-    raw = np.empty(nbytes + _PHASE_PERIOD, dtype=np.uint8)
-    offset = (param.ctypes.data + _STATE_PHASE - raw.ctypes.data) % _PHASE_PERIOD
-    offset -= offset % dtype.itemsize
-    state = raw[offset : offset + nbytes].view(dtype).reshape(shape)
-    state.fill(value)
-    return state
+# cadagrad.torch allocates its buffers with this name until it builds them through cadagrad._state.
+_state_like = filled_state
 
 
 class _Hyperparameter:
@@ -72,6 +51,28 @@ class _Optimizer:
         self._layout = [(p.size, p.dtype) for p in self._params]
         self._num_threads = _checks.check_num_threads(num_threads) or None
         self._states: list[np.ndarray] | None = None
+        self._buffers: list[State] | None = None     # the states' allocations, lazily filled
+        self._pending = False                        # some buffer still wants ready_all() before a dense step
+
+    def _set_states(self, buffers: list[State] | None) -> None:
+        self._buffers = buffers
+        self._states = None if buffers is None else [b.array for b in buffers]
+        self._pending = buffers is not None and any(b.pending for b in buffers)
+
+    def _ready_for_dense_step(self, grads: object, skip_if_nonfinite: bool) -> bool:
+        # Before the first dense step over lazy state: validate first, so a rejected step writes
+        # nothing (not even the initial value), then advise huge pages and fill what is unfilled.
+        self._explain(grads)
+        if skip_if_nonfinite and self._engine.has_nonfinite(grads, self._num_threads or 0):
+            return False
+        for buffer in self._buffers:
+            buffer.ready_all()
+        self._pending = False
+        return True
+
+    def _ready_rows(self, param: int, indices: np.ndarray) -> None:
+        if self._pending:
+            self._buffers[param].ready_rows(indices)
 
     def _set_hyperparameters(self, values: dict) -> None:
         for name, value in values.items():
@@ -115,13 +116,21 @@ class _Optimizer:
         dict
             ``{"optimizer": name, "version": 1, "step": int, "hyperparameters": {...},
             <state key>: list of ndarray or None}``; the arrays are copies.
+
+        Notes
+        -----
+        Memory: a copy of every state buffer, with one exception. A large buffer whose initial value
+        is 0 and that only row steps have touched is copied lazily: one read of the buffer, memory for
+        its touched rows only. With a non-zero ``initial_accumulator_value`` the copy is full size
+        (every row holds that value) even where the optimizer's own buffer is still mostly unfilled;
+        the optimizer's buffers themselves are left as they are.
         """
         return {
             "optimizer": type(self).__name__,
             "version": _checks.STATE_DICT_VERSION,
             "step": self.step_count,
             "hyperparameters": {name: getattr(self, name) for name in self._hyperparameter_names},
-            self._state_key: None if self._states is None else [s.copy() for s in self._states],
+            self._state_key: None if self._buffers is None else [b.copy() for b in self._buffers],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -129,6 +138,10 @@ class _Optimizer:
 
         Everything is validated (keys, step, hyperparameters, every array's shape and dtype) before
         anything changes; on error the optimizer is left as it was.
+
+        Memory: new state buffers, written only where a row of the saved array is neither all zero nor
+        the initial value (a table trained by row steps costs its touched rows), or in full when more
+        than half the rows differ. One read of every saved array.
         """
         _checks.check_state_dict(
             state_dict,
@@ -148,20 +161,27 @@ class _Optimizer:
             shapes = self._states if self._states is not None else self._params
             for i, (array, like) in enumerate(zip(saved, shapes)):
                 _checks.check_like(array, like, f"{key}[{i}]", f"the state of params[{i}]", writable=False)
-            states = [_state_like(param, like.shape, 0.0) for param, like in zip(self._params, shapes)]
-            for state, array in zip(states, saved):
-                np.copyto(state, array)
+            value = self._initial_value(hyper)
+            buffers = [
+                State.from_array(param, like.shape, value, array)
+                for param, like, array in zip(self._params, shapes, saved)
+            ]
         elif saved is not None:
             raise ValueError(f"{key}: expected None (these hyperparameters keep no state)")
         else:
-            states = None
+            buffers = None
+        states = None if buffers is None else [b.array for b in buffers]
         engine = StepEngine(self._params, states, self._single, self._explain, step, self._row_widths())
         self._set_hyperparameters(hyper)          # nothing could fail from here on
-        self._states = states
+        self._set_states(buffers)
         self._engine = engine
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the optimizer's state to ``path`` (``.npz``), atomically; see :mod:`cadagrad.checkpoint`."""
+        """Write the optimizer's state to ``path`` (``.npz``), atomically; see :mod:`cadagrad.checkpoint`.
+
+        Memory: what :meth:`state_dict` costs (the file is written in chunks from its copies); the file
+        holds every row of every state buffer, touched or not.
+        """
         checkpoint.save_state_dict(self.state_dict(), self._state_key, path)
 
     def load(self, path: str | os.PathLike) -> None:
@@ -266,10 +286,10 @@ class Adagrad(_Optimizer):
         if hyper["rowwise"]:
             _checks.check_rowwise_params(self._params, self._single)
         self._set_hyperparameters(hyper)
-        self._states = [
-            _state_like(p, p.shape[:1] if self._rowwise else p.shape, hyper["initial_accumulator_value"])
+        self._set_states([
+            new_state(p, p.shape[:1] if self._rowwise else p.shape, hyper["initial_accumulator_value"])
             for p in self._params
-        ]
+        ])
         self._build_engine(0)
 
     def _row_widths(self) -> list[int] | None:
@@ -287,13 +307,24 @@ class Adagrad(_Optimizer):
     def _needs_state(hyper: dict) -> bool:
         return True
 
+    @staticmethod
+    def _initial_value(hyper: dict) -> float:
+        return hyper["initial_accumulator_value"]
+
     @property
     def sums(self) -> list[np.ndarray]:
         """The accumulators ``G``, one per param (the optimizer's own arrays, not copies).
 
         Each has its param's shape, or with ``rowwise=True`` one element per row.
+
+        Notes
+        -----
+        Large accumulators are lazy: rows no step has touched take no memory. With a non-zero
+        ``initial_accumulator_value``, reading this property first writes that value into every row not
+        touched yet, so the whole accumulator takes memory from then on (as much as the param). With 0,
+        it costs nothing.
         """
-        return list(self._states)
+        return [b.materialize() for b in self._buffers]
 
     def step_rows(
         self, indices: np.ndarray, rows: np.ndarray, *, param: int = 0, assume_unique: bool = False
@@ -302,6 +333,8 @@ class Adagrad(_Optimizer):
 
         Costs O(k x D) for k indices, whatever the number of rows V. Counts as one step of the optimizer
         (``step_count`` and ``lr_decay`` advance). Weight decay, if any, applies to the named rows only.
+        A large accumulator takes memory only for rows that steps have named: a row named for the first
+        time gets ``initial_accumulator_value`` written into its accumulator just before the update.
 
         Parameters
         ----------
@@ -322,6 +355,7 @@ class Adagrad(_Optimizer):
             For a bad index, shape or dtype; nothing is written.
         """
         i = self._check_rows(indices, rows, param)
+        self._ready_rows(i, indices)
         bad = self._engine.adagrad_rows(
             i, indices, rows, assume_unique, self._lr, self._lr_decay, self._weight_decay, self._eps,
             self._eps_inside_sqrt, self._maximize, self._num_threads or 0,
@@ -348,6 +382,8 @@ class Adagrad(_Optimizer):
         """
         if skip_if_nonfinite.__class__ is not bool:
             skip_if_nonfinite = _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite")
+        if self._pending and not self._ready_for_dense_step(grads, skip_if_nonfinite):
+            return False
         return self._engine.adagrad(
             grads, self._lr, self._lr_decay, self._weight_decay, self._eps,
             self._eps_inside_sqrt, self._maximize, self._num_threads or 0, skip_if_nonfinite,
@@ -420,7 +456,7 @@ class SGD(_Optimizer):
         self._set_params(params, num_threads)
         self._set_hyperparameters(hyper)
         if self._needs_state(hyper):
-            self._states = [_state_like(p, p.shape, 0.0) for p in self._params]
+            self._set_states([new_state(p, p.shape, 0.0) for p in self._params])
         self._build_engine(0)
 
     def _validate_hyperparameters(self, values: dict) -> dict:
@@ -430,11 +466,16 @@ class SGD(_Optimizer):
     def _needs_state(hyper: dict) -> bool:
         return hyper["momentum"] != 0.0
 
+    @staticmethod
+    def _initial_value(hyper: dict) -> float:
+        return 0.0
+
     @property
     def momentum_buffers(self) -> list[np.ndarray] | None:
         """The momentum buffers, one per param (the optimizer's own arrays), or None without momentum.
 
-        Their content is meaningful once a step has been taken.
+        Their content is meaningful once a step has been taken. Large buffers are lazy (rows no step has
+        touched take no memory); reading this property costs nothing.
         """
         return None if self._states is None else list(self._states)
 
@@ -448,6 +489,7 @@ class SGD(_Optimizer):
         (``buf = (1 - dampening) * g``), where a dense step would have decayed it all along.
         """
         i = self._check_rows(indices, rows, param)
+        self._ready_rows(i, indices)
         bad = self._engine.sgd_rows(
             i, indices, rows, assume_unique, self._lr, self._weight_decay, self._momentum,
             self._dampening, self._nesterov, self._maximize, self._num_threads or 0,
@@ -472,6 +514,8 @@ class SGD(_Optimizer):
         """
         if skip_if_nonfinite.__class__ is not bool:
             skip_if_nonfinite = _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite")
+        if self._pending and not self._ready_for_dense_step(grads, skip_if_nonfinite):
+            return False
         return self._engine.sgd(
             grads, self._lr, self._weight_decay, self._momentum, self._dampening,
             self._nesterov, self._maximize, self._num_threads or 0, skip_if_nonfinite,
