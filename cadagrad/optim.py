@@ -142,6 +142,16 @@ class _Optimizer:
         Memory: new state buffers, written only where a row of the saved array is neither all zero nor
         the initial value (a table trained by row steps costs its touched rows), or in full when more
         than half the rows differ. One read of every saved array.
+
+        Parameters
+        ----------
+        state_dict : dict
+            A dict as returned by :meth:`state_dict`, of an optimizer of the same class.
+
+        Raises
+        ------
+        ValueError, TypeError
+            If anything in ``state_dict`` does not fit these params; nothing is changed.
         """
         _checks.check_state_dict(
             state_dict,
@@ -181,6 +191,11 @@ class _Optimizer:
 
         Memory: what :meth:`state_dict` costs (the file is written in chunks from its copies); the file
         holds every row of every state buffer, touched or not.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write; an existing file is replaced only once the new one is complete.
         """
         checkpoint.save_state_dict(self.state_dict(), self._state_key, path)
 
@@ -188,6 +203,11 @@ class _Optimizer:
         """Restore a checkpoint written by :meth:`save`, validated as :meth:`load_state_dict` does.
 
         A truncated or corrupted file raises ValueError naming the path; the optimizer is unchanged.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save`.
         """
         self.load_state_dict(checkpoint.load_state_dict(path, self._state_key))
 
@@ -223,7 +243,7 @@ class Adagrad(_Optimizer):
     eps : float, default 1e-10
         Added to the denominator (0 allowed: then 0/0 gives NaN, as in NumPy).
     eps_inside_sqrt : bool, default False
-        ``sqrt(G + eps)`` (Keras, optax, the classic notebook) instead of ``sqrt(G) + eps`` (PyTorch).
+        ``sqrt(G + eps)`` (Keras 3, optax) instead of ``sqrt(G) + eps`` (PyTorch).
     maximize : bool, default False
         Ascend instead of descend.
     rowwise : bool, default False
@@ -245,6 +265,7 @@ class Adagrad(_Optimizer):
     >>> w = np.zeros(3, dtype=np.float32)
     >>> opt = cadagrad.Adagrad(w, lr=0.1)
     >>> opt.step(np.array([1.0, -2.0, 0.5], dtype=np.float32))
+    True
     >>> w
     array([-0.1,  0.1, -0.1], dtype=float32)
     """
