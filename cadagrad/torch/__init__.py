@@ -1,0 +1,52 @@
+"""PyTorch optimizers that step CPU tensors in place through cadagrad's kernels, zero-copy.
+
+``cadagrad.torch.Adagrad`` and ``cadagrad.torch.SGD`` are :class:`torch.optim.Optimizer` subclasses with
+the constructor arguments, param groups, ``state`` layout and ``state_dict`` format of
+``torch.optim.Adagrad`` and ``torch.optim.SGD``: a checkpoint moves between the two both ways, LR
+schedulers drive them, and ``torch.distributed.optim.ZeroRedundancyOptimizer`` can shard them. The
+update rules are cadagrad's (the rules page of the docs); PyTorch accumulates with a fused multiply-add,
+so the two agree within a tolerance (relative ~1e-5 in float32 after tens of steps), not bit for bit.
+
+torch is an optional dependency (``pip install cadagrad[torch]``): importing ``cadagrad`` does not import it;
+importing ``cadagrad.torch`` does.
+
+How a step runs
+---------------
+Params, grads and state are viewed as NumPy arrays (``tensor.numpy()``, no copy) and every param of a
+param group that has a grad is updated by **one** kernel call (one OpenMP parallel region). The
+arrays' addresses are kept in a step engine that is built at the first step and rebuilt only when the
+set of params with a grad, a param's storage (``data_ptr()``) or a state entry changes; a step only
+checks that nothing changed, views the current grads and runs the kernel. Hyperparameters are read
+from ``param_groups`` at every step, so schedulers and ``ZeroRedundancyOptimizer`` can change them.
+
+After the kernel call the params' autograd version counters are bumped, as an in-place
+``param.add_`` would do, so a graph saved before the step refuses to back-propagate through the new values.
+
+Params whose ``grad`` is None are skipped, as in PyTorch. AdaGrad's ``lr_decay`` uses each param's own
+step count (``state[p]["step"]``, as PyTorch); params of a group whose counts differ (after a skipped
+step, or after loading such a checkpoint) are stepped by one kernel call per distinct count.
+
+Requirements and differences from PyTorch
+-----------------------------------------
+- Params and grads: CPU, dense (strided), C-contiguous float32 or float64 tensors; others raise a
+  ValueError or TypeError naming the tensor (``param_groups[0]['params'][3]``). Sparse grads are
+  refused (``cadagrad.Adagrad.step_rows`` takes sparse rows on NumPy arrays).
+- State tensors are cadagrad's own contiguous buffers (``torch.from_numpy`` views); tensors put in
+  ``state`` from outside (``load_state_dict``, or ``ZeroRedundancyOptimizer`` writing ``state[p]``) are
+  copied into such buffers at the next step. ``state[p]["step"]`` tensors of params that step together
+  are views of one buffer, replaced when the engine is rebuilt: read them from ``state`` or
+  ``state_dict()`` after stepping rather than keeping references.
+- ``foreach`` and ``fused`` are accepted and stored (for checkpoints) but change nothing: cadagrad's
+  step is always one fused, multi-tensor kernel. ``differentiable=True`` is refused.
+- ``initial_accumulator_value`` of a param group applies to that group's params (PyTorch uses the
+  constructor's value for every group).
+- ``ZeroRedundancyOptimizer(..., overlap_with_ddp=True)`` needs a functional optimizer and is not
+  supported; the default ``overlap_with_ddp=False`` is.
+"""
+
+from __future__ import annotations
+
+from .adagrad import Adagrad
+from .sgd import SGD
+
+__all__ = ["Adagrad", "SGD"]
