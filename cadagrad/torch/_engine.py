@@ -11,7 +11,7 @@ import torch
 from torch.optim import Optimizer
 
 from .. import _checks
-from .._kernels import StepEngine
+from .._kernels import StepEngine, data_address
 from ..optim import _state_like
 
 ParamsT = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
@@ -77,7 +77,20 @@ def as_array(t: torch.Tensor, name: str, *, writable: bool) -> np.ndarray:
     return _checks.check_float_array(array, name, writable=writable)
 
 
-def _check_disjoint(tensors: list[torch.Tensor], labels: list[str]) -> None:
+def state_shape(shape: tuple[int, ...], rowwise: bool) -> tuple[int, ...]:
+    """The shape of a param's AdaGrad state: the param's, or one value per row with ``rowwise``."""
+    return shape[:1] if rowwise else shape
+
+
+def rows_view(array: np.ndarray) -> np.ndarray:
+    """A param (or its state) as a table of rows: shape (V, D) for (V, ...) (D = 1 for a 1-D param)."""
+    width = 1
+    for n in array.shape[1:]:
+        width *= n
+    return array.reshape(array.shape[0], width)
+
+
+def check_disjoint(tensors: list[torch.Tensor], labels: list[str]) -> None:
     """Params stepped in one parallel region must not share memory."""
     spans = sorted(
         (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(tensors)
@@ -120,36 +133,180 @@ class Cohort:
     __slots__ = ("positions", "tensors", "labels", "arrays", "states", "explain", "engine", "steps", "first")
 
     def __init__(self, positions: list[int], tensors: list[torch.Tensor], labels: list[str],
-                 states: list[np.ndarray] | None, steps: int, first: bool = False) -> None:
-        self.positions = positions       # indices into the plan's list of params with a grad
+                 states: list[np.ndarray] | None, steps: int, first: bool = False,
+                 rowwise: bool = False) -> None:
+        self.positions = positions       # indices into the plan's list of params with a dense grad
         self.tensors = tensors
         self.labels = labels
-        _check_disjoint(tensors, labels)
+        check_disjoint(tensors, labels)
         self.arrays = [as_array(t, label, writable=True) for t, label in zip(tensors, labels)]
-        if states is not None:      # the kernels trust these: a wrong size would be written out of bounds
-            for array, state, label in zip(self.arrays, states, labels):
-                _checks.check_like(state, array, f"state of {label}", label, writable=True)
+        if states is not None:
+            _check_states(self.arrays, states, labels, rowwise)
         self.states = states
         self.explain = _Explainer(tensors, labels, self.arrays, states)
-        self.engine = StepEngine(self.arrays, states, False, self.explain, steps)
+        widths = [a.shape[1] for a in self.arrays] if rowwise else None
+        self.engine = StepEngine(self.arrays, states, False, self.explain, steps, widths)
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the params' "step" tensors
         self.first = first                     # SGD: momentum buffers not in ``state`` until stepped
+
+
+def _check_states(arrays: list[np.ndarray], states: list[np.ndarray], labels: list[str],
+                  rowwise: bool) -> None:
+    # The kernels trust these: a wrong size would be written out of bounds.
+    for array, state, label in zip(arrays, states, labels):
+        name = f"state of {label}"
+        _checks.check_float_array(state, name, writable=True)
+        expected = state_shape(array.shape, rowwise)
+        if state.dtype != array.dtype or state.shape != expected:
+            raise ValueError(
+                f"{name}: expected {array.dtype} of shape {expected}, got {state.dtype} {state.shape}"
+            )
+
+
+class Tables:
+    """The params of one group whose grads are sparse COO rows (embedding tables): one engine over them
+    all, as (V, D) row views; each table steps by its own row-kernel call on its grad's indices and values.
+    """
+
+    __slots__ = ("tensors", "labels", "arrays", "states", "shapes", "dtypes", "spans", "engine", "steps",
+                 "first", "touched", "zeros")
+
+    def __init__(self, tensors: list[torch.Tensor], labels: list[str], states: list[np.ndarray] | None,
+                 rowwise: bool = False) -> None:
+        check_disjoint(tensors, labels)
+        arrays = [as_array(t, label, writable=True) for t, label in zip(tensors, labels)]
+        if rowwise:
+            for array, label in zip(arrays, labels):
+                if array.ndim != 2 or array.shape[1] == 0:
+                    raise ValueError(
+                        f"{label}: rowwise needs a 2-D param (rows, columns >= 1), got {array.shape}"
+                    )
+        if states is not None:
+            _check_states(arrays, states, labels, rowwise)
+            states = [s if rowwise else rows_view(s) for s in states]
+        self.tensors = tensors
+        self.labels = labels
+        self.arrays = [rows_view(a) for a in arrays]
+        self.states = states
+        self.shapes = [t.shape for t in tensors]
+        self.dtypes = [t.dtype for t in tensors]
+        # What a step writes, per table: the grad's values must not overlap it.
+        self.spans = [[(data_address(a), data_address(a) + a.nbytes)] for a in self.arrays]
+        for spans, state in zip(self.spans, states or []):
+            spans.append((data_address(state), data_address(state) + state.nbytes))
+        widths = [a.shape[1] for a in self.arrays] if rowwise else None
+        self.engine = StepEngine(self.arrays, states, False, self._explain, 0, widths)
+        self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the tables' "step" tensors
+        self.first: list[bool] = []            # SGD: whether a table's momentum buffer is not in state yet
+        self.touched: list[object] = []        # SGD: the rows that torch's momentum rule moves
+        self.zeros: list[np.ndarray | None] = []  # SGD: zero grad rows for the rows that are not named
+
+    def _explain(self, grads: object) -> None:
+        for tensor, label, array in zip(self.tensors, self.labels, self.arrays):
+            check_tensor(tensor, label)
+            if tensor.data_ptr() != data_address(array):
+                raise RuntimeError(f"{label}: its storage moved during the step")
+        raise RuntimeError("a table or its state changed during the step")
+
+    def rows(self, j: int, grad: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The indices (k,) and rows (k, D) of table ``j``'s sparse grad as the row kernels take them:
+        views of ``grad._indices()[0]`` and ``grad._values()``, no coalesce (checked, not range-checked)."""
+        label = self.labels[j]
+        if grad.layout is not torch.sparse_coo:
+            raise ValueError(
+                f"{label}.grad: expected a dense (strided) or sparse COO tensor, got layout {grad.layout} "
+                "(convert it with .to_sparse_coo())"
+            )
+        if grad.shape != self.shapes[j]:
+            raise ValueError(
+                f"{label}.grad: expected shape {tuple(self.shapes[j])} (as the param), "
+                f"got {tuple(grad.shape)}"
+            )
+        if grad.sparse_dim() != 1:
+            raise ValueError(
+                f"{label}.grad: expected a sparse COO tensor with one sparse dim (rows, as "
+                f"nn.Embedding(sparse=True) gives), got {grad.sparse_dim()} sparse dims"
+            )
+        array = self.arrays[j]
+        try:
+            indices = grad._indices().numpy()[0]
+            values = grad._values().numpy()
+        except (RuntimeError, TypeError):
+            indices, values = self._slow_rows(j, grad)
+        if values.dtype != array.dtype:
+            raise TypeError(
+                f"{label}.grad: expected values of dtype {self.dtypes[j]} (as the param), got {grad.dtype}"
+            )
+        if indices.dtype != np.int64:
+            raise TypeError(f"{label}.grad: expected int64 indices, got {indices.dtype}")
+        if not indices.flags.c_contiguous:
+            indices = np.ascontiguousarray(indices)
+        if not values.flags.c_contiguous:
+            values = np.ascontiguousarray(values)
+        k, width = indices.shape[0], array.shape[1]
+        if values.ndim != 2 or values.shape[1] != width:
+            if values.size != k * width or values.shape[:1] != (k,):
+                raise ValueError(
+                    f"{label}.grad: expected values of shape {(k, *self.shapes[j][1:])}, got {values.shape}"
+                )
+            values = values.reshape(k, width)
+        if values.nbytes:
+            start = data_address(values)
+            end = start + values.nbytes
+            for lo, hi in self.spans[j]:
+                if start < hi and lo < end and lo != hi:
+                    raise ValueError(f"{label}.grad: its values share memory with the param or its state")
+        return indices, values
+
+    def _slow_rows(self, j: int, grad: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        # Names what stops the fast view: another device, a dtype NumPy lacks; or views a grad that
+        # requires grad (create_graph=True).
+        label = self.labels[j]
+        if grad.device.type != "cpu":
+            raise ValueError(f"{label}.grad: expected a CPU tensor, got one on {grad.device}")
+        values = grad._values().detach()
+        if values.dtype != self.dtypes[j]:
+            raise TypeError(
+                f"{label}.grad: expected values of dtype {self.dtypes[j]} (as the param), got {values.dtype}"
+            )
+        return grad._indices().detach().numpy()[0], values.resolve_neg().numpy()
+
+    def check_range(self, j: int, indices: np.ndarray) -> None:
+        """Raise unless every index of table ``j`` is in ``[0, V)`` (for tables that step after another
+        kernel has written: the row kernel checks its own indices before it writes, but only its own)."""
+        nrows = self.arrays[j].shape[0]
+        if indices.size and (indices.min() < 0 or indices.max() >= nrows):
+            raise self.out_of_range(j, indices, int(np.flatnonzero((indices < 0) | (indices >= nrows))[0]))
+
+    def out_of_range(self, j: int, indices: np.ndarray, position: int) -> ValueError:
+        """The error for the index at ``position`` of table ``j``'s grad."""
+        return ValueError(
+            f"{self.labels[j]}.grad: index {int(indices[position])} (position {position} of its indices) is "
+            f"out of range for a param of {self.arrays[j].shape[0]} rows; nothing was written"
+        )
 
 
 class Plan:
     """The engines of one param group, valid while its params, grads and state stay the same."""
 
-    __slots__ = ("group", "params", "ptrs", "dicts", "entries", "steps", "cohorts", "flag")
+    __slots__ = ("group", "params", "kinds", "ptrs", "dicts", "entries", "steps", "cohorts", "tables", "flag")
 
-    def __init__(self, group: dict, params: list[torch.Tensor], flag: bool) -> None:
+    def __init__(self, group: dict, params: list[torch.Tensor], kinds: list[bool], flag: object) -> None:
         self.group = group
         self.params = params
+        self.kinds = kinds                     # per param: whether its grad is sparse (not strided)
         self.ptrs = [p.data_ptr() for p in params]
         self.dicts: list[dict | None] = []     # state[p] as found at build time
         self.entries: list[object] = []        # state[p][key] as found at build time
         self.steps: list[object] | None = None  # AdaGrad: state[p]["step"] as set at build time
-        self.cohorts: list[Cohort] = []
-        self.flag = flag                       # SGD: whether momentum buffers are in use
+        self.cohorts: list[Cohort] = []        # the params with a dense grad
+        self.tables: Tables | None = None      # the params with a sparse grad
+        self.flag = flag                       # what the state layout depends on (rowwise, momentum)
+
+    def split(self) -> tuple[list[int], list[int]]:
+        """Positions (into ``params``) of the params with a dense grad and of those with a sparse one."""
+        dense = [i for i, sparse in enumerate(self.kinds) if not sparse]
+        return dense, [i for i, sparse in enumerate(self.kinds) if sparse]
 
 
 class EngineOptimizer(Optimizer):
@@ -194,15 +351,20 @@ class EngineOptimizer(Optimizer):
                 raise ValueError(f"param_groups[{index}]['differentiable']: True is not supported")
             for j, p in enumerate(group["params"]):
                 check_tensor(p, f"param_groups[{index}]['params'][{j}]")
+            self._check_group(index, group)
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
 
+    def _check_group(self, index: int, group: dict) -> None:
+        """Subclasses refuse params that a group's options cannot step (checked when a group is added)."""
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
+            # Groups from torch.optim's checkpoints lack cadagrad's options: the constructor's values.
             for name, value in self._extra_defaults.items():
-                group.setdefault(name, value)
+                group.setdefault(name, self.defaults.get(name, value))
         # load_state_dict and unpickling land here: the state tensors are new, so the engines go.
         if "_num_threads" not in self.__dict__:
             self._num_threads = None
@@ -224,38 +386,43 @@ class EngineOptimizer(Optimizer):
 
     # -- state buffers ------------------------------------------------------------------------------
 
-    def _new_state(self, p: torch.Tensor, value: float) -> torch.Tensor:
-        """A cadagrad-owned state buffer for ``p`` (zero-copy tensor view), filled with ``value``."""
-        array = _state_like(p.detach().numpy(), tuple(p.shape), value)
+    def _new_state(self, p: torch.Tensor, value: float, rowwise: bool = False) -> torch.Tensor:
+        """A cadagrad-owned state buffer for ``p`` (zero-copy tensor view), filled with ``value``; with
+        ``rowwise``, one value per row."""
+        array = _state_like(p.detach().numpy(), state_shape(tuple(p.shape), rowwise), value)
         tensor = torch.from_numpy(array)
         self._owned[p] = (tensor, array)
         return tensor
 
-    def _state_array(self, p: torch.Tensor, found: object, label: str) -> tuple[torch.Tensor, np.ndarray]:
-        """The buffer behind ``state[p][key]``: ours as is, anything else copied into a buffer of ours."""
+    def _state_array(self, p: torch.Tensor, found: object, label: str,
+                     rowwise: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+        """The buffer behind ``state[p][key]``: ours as is, anything else copied into a buffer of ours
+        (torch.optim.SGD's sparse momentum buffers too)."""
+        shape = state_shape(tuple(p.shape), rowwise)
         owned = self._owned.get(p)
         if owned is not None and owned[0] is found:
             array = owned[1]
-            if array.shape == tuple(p.shape) and array.dtype == p.detach().numpy().dtype:
+            if array.shape == shape and array.dtype == p.detach().numpy().dtype:
                 return owned      # (a param whose dtype changed, by ``module.double()``, gets a new one)
         name = f"state of {label}[{self._state_key!r}]"
         if not isinstance(found, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(found).__name__}")
-        if tuple(found.shape) != tuple(p.shape):
-            raise ValueError(
-                f"{name}: expected shape {tuple(p.shape)} (as the param), got {tuple(found.shape)}"
-            )
+        if tuple(found.shape) != shape:
+            what = "one value per row (rowwise)" if rowwise else "as the param"
+            raise ValueError(f"{name}: expected shape {shape} ({what}), got {tuple(found.shape)}")
+        if found.layout == torch.sparse_coo and not found.is_complex():
+            found = found.to_dense()
         if found.is_complex() or found.layout != torch.strided:
             raise TypeError(f"{name}: expected a dense real tensor, got {found.dtype}, {found.layout}")
-        tensor = self._new_state(p, 0.0)
+        tensor = self._new_state(p, 0.0, rowwise)
         with torch.no_grad():
             tensor.copy_(found.detach())
         return self._owned[p]
 
     # -- the step ---------------------------------------------------------------------------------------
 
-    def _plan_fits(self, plan: Plan, with_grad: list[torch.Tensor]) -> bool:
-        if len(with_grad) != len(plan.params):
+    def _plan_fits(self, plan: Plan, with_grad: list[torch.Tensor], kinds: list[bool]) -> bool:
+        if len(with_grad) != len(plan.params) or kinds != plan.kinds:
             return False
         key = self._state_key
         get = self.state.get
@@ -286,6 +453,8 @@ class EngineOptimizer(Optimizer):
         return [f"param_groups[{index}]['params'][{where[id(p)]}]" for p in with_grad]
 
     def _grad_arrays(self, plan: Plan, grads: list[torch.Tensor]) -> list[np.ndarray]:
+        if not grads:
+            return []
         try:
             return [g.numpy() for g in grads]
         except (RuntimeError, TypeError):
@@ -298,23 +467,31 @@ class EngineOptimizer(Optimizer):
         arrays.sort(key=lambda item: item[0])
         return [array for _, array in arrays]
 
-    def _prepare(self, index: int, group: dict) -> tuple[Plan, list[np.ndarray]] | None:
-        with_grad, grads = [], []
+    def _prepare(self, index: int, group: dict) -> tuple[Plan, list[np.ndarray], list[tuple]] | None:
+        """The plan of a group and its grads as arrays: dense ones, and (indices, rows) of sparse ones."""
+        with_grad, grads, kinds = [], [], []
+        strided = torch.strided
         for p in group["params"]:
             g = p.grad
             if g is not None:
                 with_grad.append(p)
                 grads.append(g)
+                kinds.append(g.layout is not strided)
         if not with_grad:
             return None
-        flag = self._uses_state(group)
+        flag = self._structure(group)
         plan = self._plans.get(index)
         if (plan is None or plan.group is not group or plan.flag != flag
-                or not self._plan_fits(plan, with_grad)):
+                or not self._plan_fits(plan, with_grad, kinds)):
             self._plans.pop(index, None)
-            plan = self._build_plan(index, group, with_grad, flag)
+            plan = self._build_plan(index, group, with_grad, kinds, flag)
             self._plans[index] = plan
-        return plan, self._grad_arrays(plan, grads)
+        if plan.tables is None:
+            return plan, self._grad_arrays(plan, grads), []
+        dense = [g for g, sparse in zip(grads, kinds) if not sparse]
+        rows = plan.tables.rows
+        sparse = [rows(j, g) for j, g in enumerate(g for g, sparse in zip(grads, kinds) if sparse)]
+        return plan, self._grad_arrays(plan, dense), sparse
 
     def _cohort_grads(self, plan: Plan, cohort: Cohort, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return arrays if len(plan.cohorts) == 1 else [arrays[i] for i in cohort.positions]
@@ -358,10 +535,21 @@ class EngineOptimizer(Optimizer):
             prepared = self._prepare(index, group)
             if prepared is not None:
                 work.append((hyper, *prepared))
-        if len(work) > 1 or any(len(plan.cohorts) > 1 for _, plan, _ in work):
-            for _, plan, arrays in work:
+        sparse = [(plan.tables, rows) for _, plan, _, rows in work if rows]
+        if sparse or len(work) > 1 or any(len(plan.cohorts) > 1 for _, plan, _, _ in work):
+            for _, plan, arrays, _ in work:
                 self._precheck(plan, arrays)
+        # Sparse tables step first: the first one checks its own indices before it writes; the others'
+        # are checked here, so that a bad index anywhere leaves everything as it was.
+        for n, (tables, rows) in enumerate(sparse):
+            for j, (indices, _) in enumerate(rows):
+                if n or j:
+                    tables.check_range(j, indices)
         threads = self._num_threads or 0
-        for hyper, plan, arrays in work:
-            self._run(plan, arrays, hyper, threads)
+        for hyper, plan, _, rows in work:
+            if rows:
+                self._run_tables(plan, rows, hyper, threads)
+        for hyper, plan, arrays, _ in work:
+            if arrays:
+                self._run(plan, arrays, hyper, threads)
         return loss

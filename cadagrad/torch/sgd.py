@@ -1,4 +1,4 @@
-"""``cadagrad.torch.SGD``: a drop-in for ``torch.optim.SGD``."""
+"""``cadagrad.torch.SGD``: a drop-in for ``torch.optim.SGD``, sparse embedding grads included."""
 
 from __future__ import annotations
 
@@ -9,9 +9,65 @@ import torch
 
 from .. import _checks
 from ..optim import _state_like
-from ._engine import Cohort, EngineOptimizer, ParamsT, Plan, check_tensor, increment_version, scalar
+from ._engine import (
+    Cohort,
+    EngineOptimizer,
+    ParamsT,
+    Plan,
+    Tables,
+    check_tensor,
+    increment_version,
+    scalar,
+)
 
 __all__ = ["SGD"]
+
+_ZERO_ROWS = 4096        # torch's momentum rule steps rows not named by a grad in blocks of this many
+
+
+class _TouchedRows:
+    """The rows of a table whose momentum buffer may be non-zero: the rows torch's rule moves at every
+    step. A list in order of first touch, a mask of the table's rows, and a second mask (scratch) for the
+    rows a step names; V bytes each."""
+
+    __slots__ = ("buffer", "mask", "named", "rows", "count")
+
+    def __init__(self, nrows: int, buffer: np.ndarray | None = None) -> None:
+        self.buffer: torch.Tensor | None = None    # the momentum buffer (state tensor) it describes
+        self.mask = np.zeros(nrows, dtype=bool)
+        self.named = np.zeros(nrows, dtype=bool)
+        if buffer is None:                         # a new buffer: all zeros
+            self.rows = np.empty(64, dtype=np.int64)
+            self.count = 0
+        else:                                      # one read of a loaded buffer, O(V x D)
+            self.rows = np.flatnonzero(buffer.any(axis=1)).astype(np.int64)
+            self.count = len(self.rows)
+            self.mask[self.rows] = True
+
+    def others(self, indices: np.ndarray) -> np.ndarray:
+        """The rows touched before, minus ``indices`` (in range): O(rows touched so far + k)."""
+        if self.count == 0:
+            return self.rows[:0]
+        named, prior = self.named, self.rows[: self.count]
+        named[indices] = True
+        rest = prior[~named[prior]]
+        named[indices] = False
+        return rest
+
+    def add(self, indices: np.ndarray) -> None:
+        """Record the rows ``indices`` (in range, duplicates allowed) as touched: O(k log k)."""
+        new = indices[~self.mask[indices]]
+        if new.size == 0:
+            return
+        new = np.unique(new)
+        self.mask[new] = True
+        end = self.count + new.size
+        if end > self.rows.size:
+            grown = np.empty(max(end, 2 * self.rows.size), dtype=np.int64)
+            grown[: self.count] = self.rows[: self.count]
+            self.rows = grown
+        self.rows[self.count : end] = new
+        self.count = end
 
 
 class SGD(EngineOptimizer):
@@ -28,6 +84,28 @@ class SGD(EngineOptimizer):
             g   = g + momentum * buf  if nesterov  else  buf
         p = p - lr * g
 
+    **Sparse grads** (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: COO tensors with one
+    sparse dim, uncoalesced, duplicates, any nnz) go to the row kernel as ``grad._indices()[0]`` and
+    ``grad._values()``, without coalescing; duplicate rows are summed from zero in order of appearance.
+    Without momentum that is ``cadagrad.reference.SGD.step_rows``, bit for bit, in O(nnz x D). With
+    momentum there are two rules:
+
+    - torch's (the default): the rule above applied to the scattered gradient, as torch.optim.SGD's sparse
+      momentum buffer does. A row, once named, keeps decaying its buffer and moving its param at every later
+      step. cadagrad keeps a dense buffer (``state[p]["momentum_buffer"]``, the param's shape, which
+      torch.optim.SGD loads; torch's sparse buffers load here too) and a record of the rows touched so far
+      (two masks of V bytes and a list). A step runs the rule on the named rows with their summed grads,
+      then on the other rows touched so far with a zero grad: O(nnz x D + T x D) for T rows touched so far,
+      which grows towards the whole table. A record is rebuilt by one read of the buffer (O(V x D)) after
+      loading a state or after a dense step of the param.
+    - TensorFlow's lazy rule (``lazy_momentum=True``): only the named rows' buffers and params move,
+      O(nnz x D), bit for bit ``cadagrad.SGD.step_rows``; a row named first after step 1 starts from a
+      zero buffer.
+
+    torch.optim.SGD refuses weight decay, maximize and nesterov with sparse grads; cadagrad steps them
+    exactly: weight decay and maximize change the grads of the named rows (``g = -grad + weight_decay * p``
+    there), which are then scattered as above; Nesterov's update applies to every row the rule moves.
+
     Parameters
     ----------
     params : iterable of Tensor, of dict, or of (name, Tensor)
@@ -40,7 +118,7 @@ class SGD(EngineOptimizer):
     dampening : float, default 0
         Dampening of the momentum.
     weight_decay : float, default 0
-        Coupled L2 penalty added to the gradient.
+        Coupled L2 penalty added to the gradient (of the named rows only, for a sparse grad).
     nesterov : bool, default False
         Nesterov momentum (requires momentum > 0 and dampening == 0).
     maximize : bool, default False
@@ -49,11 +127,15 @@ class SGD(EngineOptimizer):
         Accepted for compatibility and stored; they change nothing.
     differentiable : bool, default False
         Must be False.
+    lazy_momentum : bool, default False
+        With sparse grads and momentum, TensorFlow's lazy rule instead of torch's (above). Not a
+        torch.optim option; no effect on dense grads.
     num_threads : int or None, default None
         Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
     """
 
     _state_key = "momentum_buffer"
+    _extra_defaults: dict[str, Any] = {**EngineOptimizer._extra_defaults, "lazy_momentum": False}
 
     def __init__(
         self,
@@ -68,8 +150,10 @@ class SGD(EngineOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        lazy_momentum: bool = False,
         num_threads: int | None = None,
     ) -> None:
+        _checks.check_flag(lazy_momentum, "lazy_momentum")
         _checks.sgd_hyperparameters(
             lr=scalar(lr), momentum=momentum, dampening=dampening, nesterov=nesterov,
             weight_decay=scalar(weight_decay), maximize=maximize,
@@ -84,6 +168,7 @@ class SGD(EngineOptimizer):
             "foreach": foreach,
             "differentiable": differentiable,
             "fused": fused,
+            "lazy_momentum": lazy_momentum,
         }
         super().__init__(params, defaults, num_threads)
 
@@ -92,7 +177,11 @@ class SGD(EngineOptimizer):
         for group in self.param_groups:
             group.setdefault("nesterov", False)
 
-    def _uses_state(self, group: dict) -> bool:
+    def _reset_engines(self) -> None:
+        super()._reset_engines()
+        self._touched: dict[torch.Tensor, _TouchedRows] = {}
+
+    def _structure(self, group: dict) -> object:
         momentum = scalar(group["momentum"])
         return momentum != 0
 
@@ -105,46 +194,59 @@ class SGD(EngineOptimizer):
                 nesterov=group["nesterov"], weight_decay=scalar(group["weight_decay"]),
                 maximize=group["maximize"],
             )
+            lazy = _checks.check_flag(group["lazy_momentum"], "lazy_momentum")
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"param_groups[{index}]: {exc}") from None
         return (checked["lr"], checked["weight_decay"], checked["momentum"], checked["dampening"],
-                checked["nesterov"], checked["maximize"])
+                checked["nesterov"], checked["maximize"], lazy)
 
-    def _build_plan(self, index: int, group: dict, with_grad: list[torch.Tensor], flag: bool) -> Plan:
+    def _build_plan(self, index: int, group: dict, with_grad: list[torch.Tensor], kinds: list[bool],
+                    flag: object) -> Plan:
         labels = self._labels(index, group, with_grad)
         for p, label in zip(with_grad, labels):
             check_tensor(p, label)
-        plan = Plan(group, with_grad, flag)
+        plan = Plan(group, with_grad, kinds, flag)
+        dense, sparse = plan.split()
         if not flag:
-            plan.cohorts.append(Cohort(list(range(len(with_grad))), with_grad, labels, None, 1))
+            if dense:
+                tensors, names = [with_grad[i] for i in dense], [labels[i] for i in dense]
+                plan.cohorts.append(Cohort(list(range(len(dense))), tensors, names, None, 1))
+            if sparse:
+                plan.tables = Tables([with_grad[i] for i in sparse], [labels[i] for i in sparse], None)
             return plan
-        later: list[int] = []
-        first: list[int] = []
+        first: list[bool] = []
         buffers: list[np.ndarray] = []
-        for i, (p, label) in enumerate(zip(with_grad, labels)):
+        for p, label in zip(with_grad, labels):
             state = self.state[p]
             found = state.get("momentum_buffer")
             if found is None:
                 # Written by the first step (buf = g) and put in ``state`` only once that step is taken.
                 buffers.append(_state_like(p.detach().numpy(), tuple(p.shape), 0.0))
-                first.append(i)
             else:
                 tensor, array = self._state_array(p, found, label)
                 state["momentum_buffer"] = tensor
                 buffers.append(array)
-                later.append(i)
+            first.append(found is None)
             plan.dicts.append(state)
             plan.entries.append(state.get("momentum_buffer"))
-        for positions, steps in ((later, 1), (first, 0)):
+        for starting in (False, True):
+            positions = [d for d, i in enumerate(dense) if first[i] == starting]
             if positions:
+                chosen = [dense[d] for d in positions]
                 plan.cohorts.append(Cohort(
-                    positions, [with_grad[i] for i in positions], [labels[i] for i in positions],
-                    [buffers[i] for i in positions], steps, first=steps == 0,
+                    positions, [with_grad[i] for i in chosen], [labels[i] for i in chosen],
+                    [buffers[i] for i in chosen], 0 if starting else 1, first=starting,
                 ))
+        if sparse:
+            tables = Tables([with_grad[i] for i in sparse], [labels[i] for i in sparse],
+                            [buffers[i] for i in sparse])
+            tables.first = [first[i] for i in sparse]
+            tables.zeros = [None] * len(sparse)
+            plan.tables = tables
         return plan
 
     def _run(self, plan: Plan, arrays: list[np.ndarray], hyper: tuple, threads: int) -> None:
-        lr, weight_decay, momentum, dampening, nesterov, maximize = hyper
+        lr, weight_decay, momentum, dampening, nesterov, maximize, _ = hyper
         started = False
         for cohort in plan.cohorts:
             cohort.engine.sgd(
@@ -152,13 +254,90 @@ class SGD(EngineOptimizer):
                 maximize, threads,
             )
             increment_version(cohort.tensors)
+            if self._touched:           # every row's buffer may have moved: records are rebuilt if needed
+                for p in cohort.tensors:
+                    self._touched.pop(p, None)
             if cohort.first:
-                for p, array in zip(cohort.tensors, cohort.states):
-                    tensor = torch.from_numpy(array)
-                    self._owned[p] = (tensor, array)
-                    self.state[p]["momentum_buffer"] = tensor
+                self._keep_buffers(cohort.tensors, cohort.states)
                 started = True
-        if started:     # the buffers are in ``state`` now: the next step builds one engine for all
-            for index, cached in list(self._plans.items()):
-                if cached is plan:
-                    del self._plans[index]
+        if started:
+            self._forget(plan)
+
+    def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], hyper: tuple,
+                    threads: int) -> None:
+        lr, weight_decay, momentum, dampening, nesterov, maximize, lazy = hyper
+        tables = plan.tables
+        engine = tables.engine
+        torch_rule = momentum != 0 and not lazy
+        for j, (indices, values) in enumerate(rows):
+            p = tables.tensors[j]
+            starting = momentum != 0 and tables.first[j]
+            record = self._record(tables, j) if torch_rule else None
+            engine.steps = 0 if starting else 1            # buf = g at a param's first step
+            bad = engine.sgd_rows(
+                j, indices, values, False, lr, weight_decay, momentum, dampening, nesterov, maximize, threads
+            )
+            if bad >= 0:
+                raise tables.out_of_range(j, indices, bad)
+            if record is not None:
+                self._step_others(tables, j, record.others(indices), lr, momentum, dampening, nesterov,
+                                  threads)
+                record.add(indices)
+            elif momentum != 0 and self._touched:
+                self._touched.pop(p, None)
+        increment_version(tables.tensors)
+        if momentum != 0 and any(tables.first):
+            starting = [j for j, flag in enumerate(tables.first) if flag]
+            self._keep_buffers([tables.tensors[j] for j in starting],
+                               [tables.states[j].reshape(tables.shapes[j]) for j in starting])
+            self._forget(plan)
+
+    def _record(self, tables: Tables, j: int) -> _TouchedRows:
+        """The touched rows of table ``j``, valid for its current momentum buffer."""
+        p = tables.tensors[j]
+        nrows = tables.arrays[j].shape[0]
+        if tables.first[j]:
+            record = _TouchedRows(nrows)       # the buffer enters ``state`` after this step
+        else:
+            record = self._touched.get(p)
+            buffer = self.state[p]["momentum_buffer"]
+            if record is not None and record.buffer is buffer:
+                return record
+            record = _TouchedRows(nrows, tables.states[j])
+            record.buffer = buffer
+        self._touched[p] = record
+        return record
+
+    def _step_others(self, tables: Tables, j: int, others: np.ndarray, lr: float, momentum: float,
+                     dampening: float, nesterov: bool, threads: int) -> None:
+        """torch's rule on rows touched at earlier steps that this step's grad does not name: a zero grad
+        (``buf = momentum * buf``, then the param moves by it), in blocks of zero rows."""
+        if others.size == 0:
+            return
+        zeros = tables.zeros[j]
+        if zeros is None:
+            table = tables.arrays[j]
+            zeros = tables.zeros[j] = np.zeros((_ZERO_ROWS, table.shape[1]), table.dtype)
+        engine = tables.engine
+        for start in range(0, others.size, _ZERO_ROWS):
+            block = others[start : start + _ZERO_ROWS]
+            engine.steps = 1
+            engine.sgd_rows(
+                j, block, zeros[: block.size], True, lr, 0.0, momentum, dampening, nesterov, False, threads
+            )
+
+    def _keep_buffers(self, tensors: list[torch.Tensor], arrays: list[np.ndarray]) -> None:
+        """Put the buffers that a first step wrote into ``state`` (torch.optim's layout)."""
+        for p, array in zip(tensors, arrays):
+            tensor = torch.from_numpy(array)
+            self._owned[p] = (tensor, array)
+            self.state[p]["momentum_buffer"] = tensor
+            record = self._touched.get(p)
+            if record is not None and record.buffer is None:
+                record.buffer = tensor
+
+    def _forget(self, plan: Plan) -> None:
+        # The buffers are in ``state`` now: the next step builds one engine for all.
+        for index, cached in list(self._plans.items()):
+            if cached is plan:
+                del self._plans[index]
