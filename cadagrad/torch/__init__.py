@@ -26,11 +26,30 @@ Params whose ``grad`` is None are skipped, as in PyTorch. AdaGrad's ``lr_decay``
 step count (``state[p]["step"]``, as PyTorch); params of a group whose counts differ (after a skipped
 step, or after loading such a checkpoint) are stepped by one kernel call per distinct count.
 
+Sparse grads (embedding tables)
+-------------------------------
+``nn.Embedding`` and ``nn.EmbeddingBag`` with ``sparse=True`` give their weight a sparse COO grad: one
+sparse dim, uncoalesced, with duplicate rows and possibly no entry at all; DDP's all-reduce of such grads
+gives one too. Such a grad is stepped by the same row kernel as ``cadagrad.Adagrad.step_rows``, called on
+``grad._indices()[0]`` and ``grad._values()`` as they are: no coalesce, no ``sparse_mask``, nothing of
+the table's size. Duplicate rows are summed from zero in order of appearance and every distinct row is
+updated once, in O(nnz x D), bit for bit ``cadagrad.reference``'s ``step_rows`` on those indices and
+values. Params with sparse and with dense grads may share an optimizer and a param group: the dense ones
+still step in one kernel call per group, each table by one row-kernel call. A step runs the tables
+first; the first table's row kernel checks its indices before it writes, and the other tables' indices
+are checked before any kernel runs, so that an index out of range writes nothing anywhere. Every option
+works with sparse grads, including those torch.optim refuses there (weight decay, which then applies to
+the named rows only; maximize; Nesterov). For SGD with momentum the default is torch's rule (every row
+once named keeps moving), ``lazy_momentum=True`` gives TensorFlow's (only the named rows move); the SGD
+docstring gives both and their costs. A param of any shape (V, ...) takes a grad with one sparse dim as V
+rows; ``rowwise`` AdaGrad needs 2-D params.
+
 Requirements and differences from PyTorch
 -----------------------------------------
-- Params and grads: CPU, dense (strided), C-contiguous float32 or float64 tensors; others raise a
-  ValueError or TypeError naming the tensor (``param_groups[0]['params'][3]``). Sparse grads are
-  refused (``cadagrad.Adagrad.step_rows`` takes sparse rows on NumPy arrays).
+- Params: CPU, dense (strided), C-contiguous float32 or float64 tensors; grads: the same, or sparse COO
+  with one sparse dim, the param's shape and dtype and indices in range. Others (sparse CSR/CSC grads,
+  several sparse dims, a wrong shape or dtype, an index out of range) raise a ValueError or TypeError
+  naming the tensor (``param_groups[0]['params'][3].grad``) before anything is written.
 - State tensors are cadagrad's own contiguous buffers (``torch.from_numpy`` views); tensors put in
   ``state`` from outside (``load_state_dict``, or ``ZeroRedundancyOptimizer`` writing ``state[p]``) are
   copied into such buffers at the next step. ``state[p]["step"]`` tensors of params that step together
@@ -40,6 +59,11 @@ Requirements and differences from PyTorch
   step is always one fused, multi-tensor kernel. ``differentiable=True`` is refused.
 - ``initial_accumulator_value`` of a param group applies to that group's params (PyTorch uses the
   constructor's value for every group).
+- Options beyond torch.optim's: ``eps_inside_sqrt`` and ``rowwise`` (AdaGrad), ``lazy_momentum`` (SGD).
+  They are stored in the param groups (a group loaded from a torch.optim checkpoint takes the
+  constructor's values). Row-wise AdaGrad state (shape ``(V,)`` per ``(V, D)`` param) cannot be loaded by
+  torch.optim.Adagrad; everything else in ``state_dict()`` can, and torch's loads here (its sparse SGD
+  momentum buffers too, made dense).
 - ``ZeroRedundancyOptimizer(..., overlap_with_ddp=True)`` needs a functional optimizer and is not
   supported; the default ``overlap_with_ddp=False`` is.
 """
