@@ -148,6 +148,26 @@ def test_sparse_sgd_torch_rule_is_the_dense_rule_on_the_scattered_grad_bitwise(
     np.testing.assert_array_equal(opt.state[table]["momentum_buffer"].numpy(), ref.momentum_buffers[0])
 
 
+def test_sgd_torch_rule_steps_rows_not_named_in_blocks(monkeypatch):
+    """Rows touched before and not named now are stepped in blocks of zero rows; blocks of 3 here."""
+    import cadagrad.torch.sgd as sgd_module
+
+    monkeypatch.setattr(sgd_module, "_ZERO_ROWS", 3)
+    rng = np.random.default_rng(8)
+    options = {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}
+    table = torch.from_numpy(random_array(rng, (40, 5), np.float32)).requires_grad_()
+    opt = ct.SGD([table], **options)
+    ref = reference.SGD(table.detach().numpy().copy(), **{**options, "weight_decay": 0.0})
+    for _ in range(8):
+        indices = rng.integers(0, 40, size=6)
+        values = random_array(rng, (6, 5), np.float32)
+        table.grad = sparse_rows(indices, values, table.shape)
+        ref.step(scattered(indices, values, ref.params[0], options))
+        opt.step()
+    assert len(opt._touched[table].rows) > 9                     # several blocks at the last steps
+    assert_bitwise_equal(table.detach().numpy(), ref.params[0], "table")
+
+
 def test_one_dimensional_and_hybrid_params_take_sparse_rows():
     """A (V,) param takes a COO grad with one sparse dim as V rows of width 1; (V, 2, 3) as rows of 6."""
     rng = np.random.default_rng(5)

@@ -27,47 +27,42 @@ _ZERO_ROWS = 4096        # torch's momentum rule steps rows not named by a grad 
 
 class _TouchedRows:
     """The rows of a table whose momentum buffer may be non-zero: the rows torch's rule moves at every
-    step. A list in order of first touch, a mask of the table's rows, and a second mask (scratch) for the
-    rows a step names; V bytes each."""
+    step. A sorted array (the rule then visits rows in address order, which the hardware prefetcher
+    follows), a mask of the table's rows, and a second mask (scratch) for the rows a step names; V bytes
+    each."""
 
-    __slots__ = ("buffer", "mask", "named", "rows", "count")
+    __slots__ = ("buffer", "mask", "named", "rows")
 
     def __init__(self, nrows: int, buffer: np.ndarray | None = None) -> None:
         self.buffer: torch.Tensor | None = None    # the momentum buffer (state tensor) it describes
         self.mask = np.zeros(nrows, dtype=bool)
         self.named = np.zeros(nrows, dtype=bool)
         if buffer is None:                         # a new buffer: all zeros
-            self.rows = np.empty(64, dtype=np.int64)
-            self.count = 0
+            self.rows = np.empty(0, dtype=np.int64)
         else:                                      # one read of a loaded buffer, O(V x D)
             self.rows = np.flatnonzero(buffer.any(axis=1)).astype(np.int64)
-            self.count = len(self.rows)
             self.mask[self.rows] = True
 
     def others(self, indices: np.ndarray) -> np.ndarray:
-        """The rows touched before, minus ``indices`` (in range): O(rows touched so far + k)."""
-        if self.count == 0:
-            return self.rows[:0]
-        named, prior = self.named, self.rows[: self.count]
+        """The rows touched before, minus ``indices`` (in range), sorted: O(rows touched so far + k)."""
+        prior = self.rows
+        if prior.size == 0:
+            return prior
+        named = self.named
         named[indices] = True
         rest = prior[~named[prior]]
         named[indices] = False
         return rest
 
     def add(self, indices: np.ndarray) -> None:
-        """Record the rows ``indices`` (in range, duplicates allowed) as touched: O(k log k)."""
+        """Record the rows ``indices`` (in range, duplicates allowed) as touched: O(k log k) when none is
+        new, O(rows touched so far) to merge new ones in."""
         new = indices[~self.mask[indices]]
         if new.size == 0:
             return
         new = np.unique(new)
         self.mask[new] = True
-        end = self.count + new.size
-        if end > self.rows.size:
-            grown = np.empty(max(end, 2 * self.rows.size), dtype=np.int64)
-            grown[: self.count] = self.rows[: self.count]
-            self.rows = grown
-        self.rows[self.count : end] = new
-        self.count = end
+        self.rows = np.insert(self.rows, np.searchsorted(self.rows, new), new)
 
 
 class SGD(EngineOptimizer):
