@@ -169,7 +169,7 @@ class Tables:
     """
 
     __slots__ = ("tensors", "labels", "arrays", "states", "shapes", "dtypes", "spans", "engine", "steps",
-                 "first", "touched", "zeros")
+                 "first", "zeros")
 
     def __init__(self, tensors: list[torch.Tensor], labels: list[str], states: list[np.ndarray] | None,
                  rowwise: bool = False) -> None:
@@ -198,7 +198,6 @@ class Tables:
         self.engine = StepEngine(self.arrays, states, False, self._explain, 0, widths)
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the tables' "step" tensors
         self.first: list[bool] = []            # SGD: whether a table's momentum buffer is not in state yet
-        self.touched: list[object] = []        # SGD: the rows that torch's momentum rule moves
         self.zeros: list[np.ndarray | None] = []  # SGD: zero grad rows for the rows that are not named
 
     def _explain(self, grads: object) -> None:
@@ -522,8 +521,9 @@ class EngineOptimizer(Optimizer):
         Raises
         ------
         ValueError, TypeError
-            For a param or grad that is not a CPU, dense, contiguous float32/float64 tensor, or a bad
-            hyperparameter; raised before anything is written.
+            For a param that is not a CPU, dense, contiguous float32/float64 tensor, a grad that is neither
+            such a tensor nor a sparse COO tensor with one sparse dim of the param's shape and dtype, an
+            index out of range, or a bad hyperparameter; raised before anything is written.
         """
         loss = None
         if closure is not None:
