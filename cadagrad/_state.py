@@ -279,9 +279,3 @@ def new_state(param: np.ndarray, shape: tuple[int, ...], value: float) -> State:
     """
     return State(param, shape, value)
 
-
-def filled_state(param: np.ndarray, shape: tuple[int, ...], value: float) -> np.ndarray:
-    """An eagerly filled buffer (``new_state`` made ready for dense steps at once), as an ndarray."""
-    state = State(param, shape, value)
-    state.ready_all()
-    return state.array

@@ -10,13 +10,9 @@ import numpy as np
 
 from . import _checks, checkpoint
 from ._kernels import StepEngine
-from ._state import State, filled_state, new_state
+from ._state import State, new_state
 
 Params = Union[np.ndarray, Sequence[np.ndarray]]
-
-
-# cadagrad.torch allocates its buffers with this name until it builds them through cadagrad._state.
-_state_like = filled_state
 
 
 class _Hyperparameter:

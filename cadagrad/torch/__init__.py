@@ -52,9 +52,11 @@ Requirements and differences from PyTorch
   naming the tensor (``param_groups[0]['params'][3].grad``) before anything is written.
 - State tensors are cadagrad's own contiguous buffers (``torch.from_numpy`` views); tensors put in
   ``state`` from outside (``load_state_dict``, or ``ZeroRedundancyOptimizer`` writing ``state[p]``) are
-  copied into such buffers at the next step. ``state[p]["step"]`` tensors of params that step together
-  are views of one buffer, replaced when the engine is rebuilt: read them from ``state`` or
-  ``state_dict()`` after stepping rather than keeping references.
+  copied into such buffers at the next step. Buffers of 4 MiB or more are lazy (zero pages; rows take
+  memory when a step touches them); the Adagrad docstring says what that means for reading
+  ``state[p]["sum"]`` with a non-zero ``initial_accumulator_value``. ``state[p]["step"]`` tensors of
+  params that step together are views of one buffer, replaced when the engine is rebuilt: read them
+  from ``state`` or ``state_dict()`` after stepping rather than keeping references.
 - ``foreach`` and ``fused`` are accepted and stored (for checkpoints) but change nothing: cadagrad's
   step is always one fused, multi-tensor kernel. ``differentiable=True`` is refused.
 - ``initial_accumulator_value`` of a param group applies to that group's params (PyTorch uses the

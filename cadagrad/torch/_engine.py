@@ -12,7 +12,7 @@ from torch.optim import Optimizer
 
 from .. import _checks
 from .._kernels import StepEngine, data_address
-from ..optim import _state_like
+from .._state import State, new_state
 
 ParamsT = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
 
@@ -114,6 +114,11 @@ class _Explainer:
         self.tensors, self.labels, self.arrays, self.states = tensors, labels, arrays, states
 
     def __call__(self, grads: object) -> None:
+        self.check(grads)
+        raise RuntimeError("the grads do not fit the params")   # not reached: the checks raise
+
+    def check(self, grads: object) -> None:
+        """Raise the error that says why ``grads`` do not fit; return if they do."""
         for i, (tensor, label, array) in enumerate(zip(self.tensors, self.labels, self.arrays)):
             check_tensor(tensor, label)
             if tensor.data_ptr() != array.ctypes.data:
@@ -124,30 +129,42 @@ class _Explainer:
             if isinstance(grads, list) and i < len(grads):
                 _checks.check_like(grads[i], array, f"{label}.grad", label, writable=False)
         _checks.check_grads(grads, self.arrays, False, self.states)
-        raise RuntimeError("the grads do not fit the params")   # not reached: the checks above raise
 
 
 class Cohort:
     """Params of one group that step together: one engine, one kernel call per step."""
 
-    __slots__ = ("positions", "tensors", "labels", "arrays", "states", "explain", "engine", "steps", "first")
+    __slots__ = ("positions", "tensors", "labels", "arrays", "buffers", "states", "pending", "explain",
+                 "engine", "steps", "first")
 
     def __init__(self, positions: list[int], tensors: list[torch.Tensor], labels: list[str],
-                 states: list[np.ndarray] | None, steps: int, first: bool = False,
+                 buffers: list[State] | None, steps: int, first: bool = False,
                  rowwise: bool = False) -> None:
         self.positions = positions       # indices into the plan's list of params with a dense grad
         self.tensors = tensors
         self.labels = labels
         check_disjoint(tensors, labels)
         self.arrays = [as_array(t, label, writable=True) for t, label in zip(tensors, labels)]
+        states = None if buffers is None else [b.array for b in buffers]
         if states is not None:
             _check_states(self.arrays, states, labels, rowwise)
+        self.buffers = buffers
         self.states = states
+        self.pending = buffers is not None and any(b.pending for b in buffers)
         self.explain = _Explainer(tensors, labels, self.arrays, states)
         widths = [a.shape[1] for a in self.arrays] if rowwise else None
         self.engine = StepEngine(self.arrays, states, False, self.explain, steps, widths)
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the params' "step" tensors
         self.first = first                     # SGD: momentum buffers not in ``state`` until stepped
+
+    def ready(self, grads: list[np.ndarray]) -> None:
+        """Make lazy state ready for a dense step (huge pages, every row filled), once ``grads`` are
+        known to fit: a step the kernel would refuse writes nothing. Call while ``pending``."""
+        if any(b.pending for b in self.buffers):
+            self.explain.check(grads)
+            for buffer in self.buffers:
+                buffer.ready_all()
+        self.pending = False
 
 
 def _check_states(arrays: list[np.ndarray], states: list[np.ndarray], labels: list[str],
@@ -168,10 +185,10 @@ class Tables:
     all, as (V, D) row views; each table steps by its own row-kernel call on its grad's indices and values.
     """
 
-    __slots__ = ("tensors", "labels", "arrays", "states", "shapes", "dtypes", "spans", "engine", "steps",
-                 "first", "zeros")
+    __slots__ = ("tensors", "labels", "arrays", "buffers", "states", "shapes", "dtypes", "spans", "engine",
+                 "steps", "first", "zeros")
 
-    def __init__(self, tensors: list[torch.Tensor], labels: list[str], states: list[np.ndarray] | None,
+    def __init__(self, tensors: list[torch.Tensor], labels: list[str], buffers: list[State] | None,
                  rowwise: bool = False) -> None:
         check_disjoint(tensors, labels)
         arrays = [as_array(t, label, writable=True) for t, label in zip(tensors, labels)]
@@ -181,10 +198,12 @@ class Tables:
                     raise ValueError(
                         f"{label}: rowwise needs a 2-D param (rows, columns >= 1), got {array.shape}"
                     )
+        states = None if buffers is None else [b.array for b in buffers]
         if states is not None:
             _check_states(arrays, states, labels, rowwise)
             states = [s if rowwise else rows_view(s) for s in states]
         self.tensors = tensors
+        self.buffers = buffers
         self.labels = labels
         self.arrays = [rows_view(a) for a in arrays]
         self.states = states
@@ -199,6 +218,15 @@ class Tables:
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the tables' "step" tensors
         self.first: list[bool] = []            # SGD: whether a table's momentum buffer is not in state yet
         self.zeros: list[np.ndarray | None] = []  # SGD: zero grad rows for the rows that are not named
+
+    def ready(self, j: int, indices: np.ndarray) -> None:
+        """Fill the rows ``indices`` of table ``j``'s lazy state that hold no value yet; call it after
+        the step is validated, just before the row kernel (an index out of range makes it write
+        nothing, so the kernel still reports it)."""
+        if self.buffers is not None:
+            buffer = self.buffers[j]
+            if buffer.pending:
+                buffer.ready_rows(indices)
 
     def _explain(self, grads: object) -> None:
         for tensor, label, array in zip(self.tensors, self.labels, self.arrays):
@@ -332,7 +360,7 @@ class EngineOptimizer(Optimizer):
 
     def _reset_engines(self) -> None:
         self._plans: dict[int, Plan] = {}
-        self._owned: dict[torch.Tensor, tuple[torch.Tensor, np.ndarray]] = {}
+        self._owned: dict[torch.Tensor, tuple[torch.Tensor, State]] = {}   # state tensors and their buffers
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (as :meth:`torch.optim.Optimizer.add_param_group`), checking its tensors.
@@ -370,6 +398,7 @@ class EngineOptimizer(Optimizer):
         self._reset_engines()
 
     def __getstate__(self) -> dict[str, Any]:
+        self._materialize()                     # pickle and deepcopy copy the state tensors as they are
         state = super().__getstate__()
         state["_num_threads"] = self._num_threads
         return state
@@ -386,21 +415,24 @@ class EngineOptimizer(Optimizer):
     # -- state buffers ------------------------------------------------------------------------------
 
     def _new_state(self, p: torch.Tensor, value: float, rowwise: bool = False) -> torch.Tensor:
-        """A cadagrad-owned state buffer for ``p`` (zero-copy tensor view), filled with ``value``; with
-        ``rowwise``, one value per row."""
-        array = _state_like(p.detach().numpy(), state_shape(tuple(p.shape), rowwise), value)
-        tensor = torch.from_numpy(array)
-        self._owned[p] = (tensor, array)
+        """A cadagrad-owned state buffer for ``p`` (zero-copy tensor view) holding ``value`` (lazily for
+        a large one: see ``cadagrad._state``); with ``rowwise``, one value per row."""
+        return self._own(p, new_state(p.detach().numpy(), state_shape(tuple(p.shape), rowwise), value))
+
+    def _own(self, p: torch.Tensor, buffer: State) -> torch.Tensor:
+        tensor = torch.from_numpy(buffer.array)
+        self._owned[p] = (tensor, buffer)
         return tensor
 
-    def _state_array(self, p: torch.Tensor, found: object, label: str,
-                     rowwise: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    def _state_array(self, p: torch.Tensor, found: object, label: str, value: float,
+                     rowwise: bool = False) -> tuple[torch.Tensor, State]:
         """The buffer behind ``state[p][key]``: ours as is, anything else copied into a buffer of ours
-        (torch.optim.SGD's sparse momentum buffers too)."""
+        (torch.optim.SGD's sparse momentum buffers too) whose initial value is ``value``: rows of the
+        copy that are all zero or equal to ``value`` stay unwritten, so a sparse checkpoint stays sparse."""
         shape = state_shape(tuple(p.shape), rowwise)
         owned = self._owned.get(p)
         if owned is not None and owned[0] is found:
-            array = owned[1]
+            array = owned[1].array
             if array.shape == shape and array.dtype == p.detach().numpy().dtype:
                 return owned      # (a param whose dtype changed, by ``module.double()``, gets a new one)
         name = f"state of {label}[{self._state_key!r}]"
@@ -413,10 +445,31 @@ class EngineOptimizer(Optimizer):
             found = found.to_dense()
         if found.is_complex() or found.layout != torch.strided:
             raise TypeError(f"{name}: expected a dense real tensor, got {found.dtype}, {found.layout}")
-        tensor = self._new_state(p, 0.0, rowwise)
-        with torch.no_grad():
-            tensor.copy_(found.detach())
+        # As ``copy_`` would: cast to the param's dtype (a tensor may hold one NumPy lacks), resolve views.
+        source = found.detach().to(dtype=p.dtype).resolve_neg().resolve_conj()
+        param = p.detach().numpy()
+        self._own(p, State.from_array(param, shape, value, source.numpy()))
         return self._owned[p]
+
+    def _materialize(self) -> None:
+        """Fill every row of the lazy state tensors in ``state`` (initial value not 0) before they are
+        handed out: ``state_dict()`` and pickling return or copy the tensors themselves."""
+        key = self._state_key
+        for p, (tensor, buffer) in self._owned.items():
+            if buffer.pending and self.state.get(p, {}).get(key) is tensor:
+                buffer.materialize()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state as :meth:`torch.optim.Optimizer.state_dict` gives it (references to the
+        state tensors, not copies).
+
+        Large AdaGrad accumulators with a non-zero ``initial_accumulator_value`` hold that value only in
+        the rows steps have touched; this first writes it into every other row (in place), so that the
+        tensors returned read right: from then on such an accumulator takes as much memory as its param.
+        With ``initial_accumulator_value=0``, and for SGD's momentum buffers, it costs nothing.
+        """
+        self._materialize()
+        return super().state_dict()
 
     # -- the step ---------------------------------------------------------------------------------------
 

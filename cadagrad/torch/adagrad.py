@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .. import _checks
+from .._state import State
 from ._engine import (
     Cohort,
     EngineOptimizer,
@@ -52,6 +53,23 @@ class Adagrad(EngineOptimizer):
     ``G_row = G_row + mean(g_row * g_row)`` (summed left to right) and ``sqrt(G_row)`` for every element of
     the row. ``state[p]["sum"]`` then has shape ``(V,)`` for a ``(V, D)`` param: D times less memory, a
     layout torch.optim.Adagrad cannot load (and a full ``(V, D)`` sum cannot be loaded into a row-wise group).
+
+    **Memory of the state.** An accumulator of 4 MiB or more is lazy: zero pages from the OS, so the rows
+    that no step touches take no memory (over a 10^7 x 64 float32 table, the first sparse step of 4,096
+    rows costs their pages, not 2.5 GiB). Smaller accumulators are filled at construction, as torch's. The
+    first dense step of a param fills and advises huge pages for its whole accumulator.
+
+    With ``initial_accumulator_value`` ``v != 0``, a lazy accumulator gets ``v`` written into a row the
+    first time a sparse step names it, just before the update, and into every remaining row at the
+    param's first dense step; results are bit for bit those of an eager fill. Until then, reading
+    ``state[p]["sum"]`` directly shows 0, not ``v``, in the rows no step has touched. ``state_dict()``,
+    pickling and ``copy.deepcopy`` first write ``v`` into those rows in place, so that what they hand out
+    reads right; from then on the accumulator takes its full size. So read ``state[p]["sum"]`` of a large
+    table after ``opt.state_dict()``, and write into it in place only after that (a row waiting for ``v``
+    would get ``v`` over your value at its first step). With ``v == 0`` (the default) the tensor always
+    reads right and ``state_dict()`` costs nothing. A checkpoint loaded by ``load_state_dict`` is copied
+    into such a buffer at the next step, leaving its rows that are all zero or all ``v`` unwritten (one
+    read of the loaded tensor; memory for the rows that differ).
 
     Parameters
     ----------
@@ -187,7 +205,7 @@ class Adagrad(EngineOptimizer):
         rowwise = bool(flag)
         init = _checks.check_number(group["initial_accumulator_value"], "initial_accumulator_value")
         plan = Plan(group, with_grad, kinds, flag)
-        sums: list[np.ndarray] = []
+        sums: list[State] = []
         counts: list[int] = []
         for p, label in zip(with_grad, labels):
             state = self.state[p]
@@ -199,9 +217,9 @@ class Adagrad(EngineOptimizer):
             step = float(scalar(state["step"]))
             if not (step >= 0 and step.is_integer()):
                 raise ValueError(f"state of {label}['step']: expected a whole number >= 0, got {step}")
-            tensor, array = self._state_array(p, state["sum"], label, rowwise)
+            tensor, buffer = self._state_array(p, state["sum"], label, init, rowwise)
             state["sum"] = tensor
-            sums.append(array)
+            sums.append(buffer)
             counts.append(int(step))
         dense, sparse = plan.split()
         by_step: dict[int, list[int]] = {}
@@ -241,6 +259,8 @@ class Adagrad(EngineOptimizer):
         lr, lr_decay, weight_decay, eps, inside, maximize = hyper
         for cohort in plan.cohorts:
             engine = cohort.engine
+            if cohort.pending:
+                cohort.ready(self._cohort_grads(plan, cohort, arrays))
             engine.adagrad(
                 self._cohort_grads(plan, cohort, arrays), lr, lr_decay, weight_decay, eps, inside, maximize,
                 threads,
@@ -256,6 +276,7 @@ class Adagrad(EngineOptimizer):
         steps = tables.steps
         for j, (indices, values) in enumerate(rows):
             engine.steps = int(steps[j])                   # lr_decay counts each table's own steps
+            tables.ready(j, indices)
             bad = engine.adagrad_rows(
                 j, indices, values, False, lr, lr_decay, weight_decay, eps, inside, maximize, threads
             )

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .. import _checks
-from ..optim import _state_like
+from .._state import State, new_state
 from ._engine import (
     Cohort,
     EngineOptimizer,
@@ -210,17 +210,17 @@ class SGD(EngineOptimizer):
                 plan.tables = Tables([with_grad[i] for i in sparse], [labels[i] for i in sparse], None)
             return plan
         first: list[bool] = []
-        buffers: list[np.ndarray] = []
+        buffers: list[State] = []
         for p, label in zip(with_grad, labels):
             state = self.state[p]
             found = state.get("momentum_buffer")
             if found is None:
                 # Written by the first step (buf = g) and put in ``state`` only once that step is taken.
-                buffers.append(_state_like(p.detach().numpy(), tuple(p.shape), 0.0))
+                buffers.append(new_state(p.detach().numpy(), tuple(p.shape), 0.0))
             else:
-                tensor, array = self._state_array(p, found, label)
+                tensor, buffer = self._state_array(p, found, label, 0.0)
                 state["momentum_buffer"] = tensor
-                buffers.append(array)
+                buffers.append(buffer)
             first.append(found is None)
             plan.dicts.append(state)
             plan.entries.append(state.get("momentum_buffer"))
@@ -244,6 +244,8 @@ class SGD(EngineOptimizer):
         lr, weight_decay, momentum, dampening, nesterov, maximize, _ = hyper
         started = False
         for cohort in plan.cohorts:
+            if cohort.pending:
+                cohort.ready(self._cohort_grads(plan, cohort, arrays))
             cohort.engine.sgd(
                 self._cohort_grads(plan, cohort, arrays), lr, weight_decay, momentum, dampening, nesterov,
                 maximize, threads,
@@ -253,7 +255,7 @@ class SGD(EngineOptimizer):
                 for p in cohort.tensors:
                     self._touched.pop(p, None)
             if cohort.first:
-                self._keep_buffers(cohort.tensors, cohort.states)
+                self._keep_buffers(cohort.tensors, cohort.buffers)
                 started = True
         if started:
             self._forget(plan)
@@ -269,6 +271,7 @@ class SGD(EngineOptimizer):
             starting = momentum != 0 and tables.first[j]
             record = self._record(tables, j) if torch_rule else None
             engine.steps = 0 if starting else 1            # buf = g at a param's first step
+            tables.ready(j, indices)
             bad = engine.sgd_rows(
                 j, indices, values, False, lr, weight_decay, momentum, dampening, nesterov, maximize, threads
             )
@@ -284,7 +287,7 @@ class SGD(EngineOptimizer):
         if momentum != 0 and any(tables.first):
             starting = [j for j, flag in enumerate(tables.first) if flag]
             self._keep_buffers([tables.tensors[j] for j in starting],
-                               [tables.states[j].reshape(tables.shapes[j]) for j in starting])
+                               [tables.buffers[j] for j in starting])
             self._forget(plan)
 
     def _record(self, tables: Tables, j: int) -> _TouchedRows:
@@ -321,11 +324,10 @@ class SGD(EngineOptimizer):
                 j, block, zeros[: block.size], True, lr, 0.0, momentum, dampening, nesterov, False, threads
             )
 
-    def _keep_buffers(self, tensors: list[torch.Tensor], arrays: list[np.ndarray]) -> None:
+    def _keep_buffers(self, tensors: list[torch.Tensor], buffers: list[State]) -> None:
         """Put the buffers that a first step wrote into ``state`` (torch.optim's layout)."""
-        for p, array in zip(tensors, arrays):
-            tensor = torch.from_numpy(array)
-            self._owned[p] = (tensor, array)
+        for p, buffer in zip(tensors, buffers):
+            tensor = self._own(p, buffer)
             self.state[p]["momentum_buffer"] = tensor
             record = self._touched.get(p)
             if record is not None and record.buffer is None:
