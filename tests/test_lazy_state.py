@@ -8,6 +8,7 @@ row by row on first touch. Small buffers are filled eagerly, so most tests here 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import mmap
 import os
@@ -381,3 +382,133 @@ def test_a_large_table_costs_only_its_touched_rows(value):
     assert measured["seconds"] < 1.0, measured
     if value == 0.0:                      # the lazy copy and the sparse load cost touched rows too
         assert measured["extra_after_state_dict_and_load"] < 256 << 20, measured
+
+
+# -- the torch adapter: the same buffers, handed to torch as tensors ----------------------------------------
+
+_TORCH_CHILD = textwrap.dedent(
+    """
+    import json, mmap, sys, time
+    import numpy as np
+    import torch
+    import cadagrad.torch
+
+    def status():
+        found = {}
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(rest.split()[0]) * 1024
+        return found
+
+    torch.set_num_threads(1)
+    V, D, k = 10**7, 64, 4096
+    value = float(sys.argv[1])
+    # nn.EmbeddingBag(V, D, sparse=True) over zero pages (its own constructor would fill 2.5 GiB first)
+    flags = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}
+    table = np.frombuffer(mmap.mmap(-1, V * D * 4, **flags), dtype=np.float32).reshape(V, D)
+    weight = torch.from_numpy(table)
+    bag = torch.nn.EmbeddingBag.from_pretrained(weight, freeze=False, mode="sum", sparse=True)
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, V, (k // 8, 8)))
+    bag(ids).sum().backward()
+    # The first optimizer built in a process imports torch's compiler stack (~1-3 s): not this table's cost.
+    cadagrad.torch.Adagrad([torch.nn.Parameter(torch.ones(1))])
+    before = status()
+    start = time.perf_counter()
+    opt = cadagrad.torch.Adagrad(bag.parameters(), lr=0.1, initial_accumulator_value=value)
+    opt.step()
+    seconds = time.perf_counter() - start
+    after = status()
+    out = {"seconds": seconds, "extra": after["VmHWM"] - before["VmRSS"]}
+    if value == 0.0:
+        saved = opt.state_dict()
+        resumed = cadagrad.torch.Adagrad(bag.parameters(), lr=0.1)
+        resumed.load_state_dict(saved)
+        resumed.step()
+        out["extra_after_state_dict_load_and_step"] = status()["VmHWM"] - before["VmRSS"]
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.parametrize("value", [0.0, 0.1])
+def test_the_torch_adapter_over_a_large_table_costs_only_its_touched_rows(value):
+    """cadagrad.torch.Adagrad over an EmbeddingBag(10^7, 64, sparse=True) and one step of 4,096 ids:
+    under 256 MiB and 1 s (it filled 2.5 GiB eagerly before)."""
+    pytest.importorskip("torch")
+    result = subprocess.run(
+        [sys.executable, "-c", _TORCH_CHILD, str(value)], capture_output=True, text=True, timeout=300,
+        check=True,
+    )
+    measured = json.loads(result.stdout)
+    assert measured["extra"] < 256 << 20, measured
+    assert measured["seconds"] < 1.0, measured
+    if value == 0.0:                      # a sparse checkpoint loads into a sparse state
+        assert measured["extra_after_state_dict_load_and_step"] < 256 << 20, measured
+
+
+def _torch_sparse_grad(torch, indices, rows, shape):
+    return torch.sparse_coo_tensor(
+        torch.from_numpy(indices).reshape(1, -1), torch.from_numpy(rows), shape, check_invariants=False
+    )
+
+
+def test_the_torch_adapter_on_a_lazy_state_matches_reference_bitwise_sparse_dense_sparse(rng):
+    """A table large enough for lazy state (8 MiB) and initial_accumulator_value=0.1: rows filled on first
+    touch, the rest by the dense step, bit for bit the reference's eager fill."""
+    torch = pytest.importorskip("torch")
+    ct = pytest.importorskip("cadagrad.torch")
+    shape, k = (1 << 17, 16), 3000
+    param = random_array(rng, shape, np.float32)
+    options = dict(lr=0.05, lr_decay=0.01, weight_decay=0.001, initial_accumulator_value=0.1)
+    p = torch.nn.Parameter(torch.from_numpy(param.copy()))
+    opt = ct.Adagrad([p], **options)
+    ref = reference.Adagrad(param.copy(), **options)
+    for n, kind in enumerate(("rows", "rows", "dense", "rows")):
+        if kind == "rows":
+            idx = rng.integers(0, shape[0] // 2, k)         # duplicates; half the rows stay untouched
+            rows = random_array(rng, (k, shape[1]), np.float32)
+            p.grad = _torch_sparse_grad(torch, idx, rows, shape)
+            ref.step_rows(idx, rows)
+        else:
+            grad = random_array(rng, shape, np.float32)
+            p.grad = torch.from_numpy(grad)
+            ref.step(grad)
+        opt.step()
+        if n < 2:                                           # before the dense step: untouched rows unfilled
+            assert not opt.state[p]["sum"][shape[0] // 2 :].any()
+    assert_bitwise_equal(p.detach().numpy(), ref.params[0], "params")
+    assert_bitwise_equal(opt.state[p]["sum"].numpy(), ref.sums[0], "sums")
+
+
+def test_the_torch_adapters_state_dict_fills_a_lazy_state_so_it_reads_right(rng):
+    """state[p]['sum'] of a large table shows 0 in never-stepped rows until state_dict() fills them."""
+    torch = pytest.importorskip("torch")
+    ct = pytest.importorskip("cadagrad.torch")
+    shape, k = (1 << 17, 16), 500
+    param = random_array(rng, shape, np.float32)
+    p = torch.nn.Parameter(torch.from_numpy(param.copy()))
+    opt = ct.Adagrad([p], lr=0.05, initial_accumulator_value=0.1)
+    ref = reference.Adagrad(param.copy(), lr=0.05, initial_accumulator_value=0.1)
+    idx = rng.integers(0, shape[0], k)
+    rows = random_array(rng, (k, shape[1]), np.float32)
+    p.grad = _torch_sparse_grad(torch, idx, rows, shape)
+    opt.step()
+    ref.step_rows(idx, rows)
+    untouched = np.setdiff1d(np.arange(shape[0]), idx)
+    assert not opt.state[p]["sum"].numpy()[untouched].any()
+    saved = opt.state_dict()["state"][0]["sum"]
+    assert saved is opt.state[p]["sum"]                     # torch's state_dict: references, now filled
+    assert_bitwise_equal(saved.numpy(), ref.sums[0], "sums")
+    resumed_param = torch.nn.Parameter(p.detach().clone())
+    resumed = ct.Adagrad([resumed_param], lr=0.05, initial_accumulator_value=0.1)
+    resumed.load_state_dict(copy.deepcopy(opt.state_dict()))
+    idx = np.arange(shape[0])[::-1].copy()                  # every row, touched or not
+    rows = random_array(rng, shape, np.float32)
+    resumed_param.grad = _torch_sparse_grad(torch, idx, rows, shape)
+    resumed.step()
+    ref.step_rows(idx, rows)
+    assert_bitwise_equal(resumed_param.detach().numpy(), ref.params[0], "params")
+    assert_bitwise_equal(resumed.state_dict()["state"][0]["sum"].numpy(), ref.sums[0], "sums")

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 import cadagrad  # noqa: E402
 import cadagrad.torch as ct  # noqa: E402
-from cadagrad import reference  # noqa: E402
+from cadagrad import _state, reference  # noqa: E402
 
 nn = torch.nn
 F = torch.nn.functional
@@ -308,6 +308,42 @@ def test_unusable_sparse_grad_is_named_and_nothing_is_written(optimizer, options
     with pytest.raises(error, match=r"param_groups\[1\]\['params'\]\[0\]\.grad: .*" + message):
         opt.step()
     assert snapshot(opt) == before
+
+
+@pytest.mark.parametrize("which, bad_index", [("first", 10), ("first", -1), ("second", 12)])
+def test_a_refused_step_fills_no_row_of_a_lazy_state(monkeypatch, which, bad_index):
+    """With initial_accumulator_value != 0, lazy state gets the value written into a row at its first step:
+    a step refused for a bad index writes nothing, not even that (the raw bytes stay as they were)."""
+    monkeypatch.setattr(_state, "LAZY_BYTES", 0)            # every buffer lazy, however small
+    opt, dense, first, second = three_params("Adagrad", initial_accumulator_value=0.1)
+    assert opt.state[first]["sum"][0].eq(0).all()           # row 0 never stepped: not filled yet
+    table = first if which == "first" else second
+    table.grad = sparse_rows(np.array([2, 0, bad_index, 4]), np.ones((4, 4), np.float32), tuple(table.shape))
+    before = snapshot(opt)
+    with pytest.raises(ValueError, match="out of range"):
+        opt.step()
+    assert snapshot(opt) == before
+    table.grad = sparse_rows(np.array([2, 0, 2]), np.ones((3, 4), np.float32), tuple(table.shape))
+    opt.step()                                              # a good step fills rows 0 and 2 only
+    raw = opt.state[table]["sum"].numpy()
+    assert np.all(raw[[5, 6, 7]] == 0) and np.all(raw[[0, 2]] != 0)
+
+
+def test_a_refused_dense_step_leaves_a_lazy_state_unfilled(monkeypatch):
+    monkeypatch.setattr(_state, "LAZY_BYTES", 0)
+    p = ForcedGrad(torch.ones(6, 3))
+    opt = ct.Adagrad([p], lr=0.1, initial_accumulator_value=0.1)
+    p.grad = sparse_rows(np.array([1]), np.ones((1, 3), np.float32), (6, 3))
+    opt.step()
+    for grad in (torch.ones(3, 6).t(), opt.state[p]["sum"]):    # not contiguous; the state itself
+        p.grad = grad
+        before = snapshot(opt)
+        with pytest.raises(ValueError):
+            opt.step()
+        assert snapshot(opt) == before
+    p.grad = torch.ones(6, 3)
+    opt.step()
+    assert_bitwise_equal(opt.state[p]["sum"].numpy()[[0, 2, 3, 4, 5]], np.full((5, 3), 1.1, np.float32))
 
 
 def test_sparse_grads_with_differentiable_true_are_refused_before_anything_is_written():
