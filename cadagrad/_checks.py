@@ -10,12 +10,16 @@ import bisect
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 
 from ._kernels import data_address
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# What the optimizers and the functional steps accept as params, grads and state: one array or a sequence.
+Params = Union[np.ndarray, Sequence[np.ndarray]]
 
 
 def as_array_list(obj: object, name: str) -> tuple[list[np.ndarray], bool]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _kernels, reference
-from ._build import build_info, get_num_threads, set_num_threads
+from ._threads import build_info, get_num_threads, set_num_threads
 from .optim import SGD, Adagrad
 
 FULL_SIZES = tuple(1 << k for k in range(10, 27, 2))     # 2^10 .. 2^26

@@ -7,8 +7,8 @@ loop over many small steps, an optimizer object is cheaper: it validates its par
 from __future__ import annotations
 
 from . import _checks
+from ._checks import Params
 from ._kernels import StepEngine
-from .optim import Params
 
 
 def _engine(params: Params, grads: Params, states: Params | None, states_name: str, steps: int) -> StepEngine:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from . import _checks, checkpoint
+from ._checks import Params
 from ._kernels import StepEngine
-
-Params = Union[np.ndarray, Sequence[np.ndarray]]
-
 
 _PHASE_PERIOD = 1 << 21          # a transparent huge page: address bits below it are physical
 _STATE_PHASE = 768 << 10         # where a large state buffer starts relative to its param, modulo that
