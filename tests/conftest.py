@@ -23,7 +23,7 @@ def pytest_report_header(config):
 # Tests that need many GiB of memory are marked ``bigmem`` and skipped, with the reason, unless --bigmem is
 # given: the default run then stays within a few hundred MiB. ``python -m pytest --bigmem -m bigmem`` runs
 # only them (CI does, on a machine with the memory).
-BIGMEM_SKIP = "bigmem: needs many GiB of memory; run with --bigmem (python -m pytest --bigmem -m bigmem: these only)"
+BIGMEM_HOW = "run with --bigmem (python -m pytest --bigmem -m bigmem: these only)"
 
 
 def pytest_addoption(parser):
@@ -35,17 +35,18 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "bigmem: needs many GiB of memory; skipped unless pytest is run with --bigmem"
+        "markers", "bigmem(reason=...): needs many GiB of memory; skipped unless pytest is run with --bigmem"
     )
 
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--bigmem"):
         return
-    skip = pytest.mark.skip(reason=BIGMEM_SKIP)
     for item in items:
-        if "bigmem" in item.keywords:
-            item.add_marker(skip)
+        marker = item.get_closest_marker("bigmem")
+        if marker is not None:
+            why = marker.kwargs.get("reason", "needs many GiB of memory")
+            item.add_marker(pytest.mark.skip(reason=f"bigmem: {why}; {BIGMEM_HOW}"))
 
 
 DTYPES = (np.float32, np.float64)

@@ -28,7 +28,7 @@ def available_memory() -> int:
     return 0
 
 
-@pytest.mark.bigmem
+@pytest.mark.bigmem(reason="one 8 GiB buffer")
 @pytest.mark.skipif(available_memory() < 9 * GIB, reason="needs 9 GiB of available memory (one 8 GiB buffer)")
 def test_a_dense_step_past_2_31_elements_updates_the_last_elements():
     n = (1 << 31) + 64

@@ -74,7 +74,7 @@ EOF
 }
 
 mkdir "$work/run"
-grep -E '^(tests/|pyproject\.toml$)' "$work/files.txt" > "$work/run-files.txt"
+grep -E '^(tests/|pyproject\.toml$|README\.md$)' "$work/files.txt" > "$work/run-files.txt"
 (cd "$repo" && tar -cT "$work/run-files.txt" | tar -x -C "$work/run")   # the tests run from here
 
 step "1. CADAGRAD_NO_OPENMP=1: build, install into $work/venv, check"

@@ -90,7 +90,7 @@ vpy="$work/venv/bin/python"
 "$vpy" -m pip install "${pip_q[@]}" torch==2.13.0      # as .ci/run; [test] then finds torch installed
 "$vpy" -m pip install "${pip_q[@]}" "$repaired[test]" mypy
 mkdir "$work/run"
-cp -r "$work/src/tests" "$work/src/pyproject.toml" "$work/src/tools/typing_usage.py" "$work/run/"
+cp -r "$work/src/tests" "$work/src/pyproject.toml" "$work/src/README.md" "$work/src/tools/typing_usage.py" "$work/run/"
 cd "$work/run"                                  # nothing here is importable as cadagrad
 
 step "the installed package is the wheel's, with OpenMP from the bundled libgomp"
