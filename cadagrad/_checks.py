@@ -349,5 +349,6 @@ def check_rows(
 def index_out_of_range(indices: np.ndarray, position: int, param: int, nrows: int) -> ValueError:
     """The error for ``indices[position]`` outside ``[0, nrows)``."""
     return ValueError(
-        f"indices[{position}]: {int(indices[position])} is out of range for params[{param}] with {count(nrows, 'row')}"
+        f"indices[{position}]: {int(indices[position])} is out of range for params[{param}] "
+        f"with {count(nrows, 'row')}"
     )

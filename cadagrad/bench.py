@@ -145,8 +145,8 @@ class Marks:
             )
         if self.impossible:
             lines.append(
-                f"{self.IMPOSSIBLE} impossible without noise ({len(self.impossible)} cells): ceiling above 1.0 "
-                "(cadagrad faster than a kernel moving the same bytes) or check below 1.0 (a step that "
+                f"{self.IMPOSSIBLE} impossible without noise ({len(self.impossible)} cells): ceiling above "
+                "1.0 (cadagrad faster than a kernel moving the same bytes) or check below 1.0 (a step that "
                 "also scans the grads faster than one that does not)"
             )
         if self.noisy or self.impossible:
