@@ -6,7 +6,7 @@ The compiled optimizers give results bit-identical to the plain NumPy rules in `
 from __future__ import annotations
 
 from . import reference
-from ._build import build_info, get_num_threads, set_num_threads
+from ._threads import build_info, get_num_threads, set_num_threads
 from ._version import __version__
 from .buffers import flat_arrays
 from .functional import adagrad_step, sgd_step

@@ -10,12 +10,39 @@ import bisect
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Union
 
 import numpy as np
 
 from ._kernels import data_address
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# What the optimizers and the functional steps accept as params, grads and state: one array or a sequence.
+Params = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+def count(n: int, noun: str) -> str:
+    """``1 array``, ``3 arrays``: a number and its noun, singular or plural, for messages."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _is_torch_tensor(obj: object) -> bool:
+    # Recognised by its class's module, so that torch is never imported here (subclasses count too).
+    return any(
+        cls.__name__ == "Tensor" and cls.__module__.split(".")[0] == "torch" for cls in type(obj).__mro__
+    )
+
+
+def _got(obj: object) -> str:
+    """``got list``; for a torch tensor, also where tensors go instead."""
+    text = f"got {type(obj).__name__}"
+    if _is_torch_tensor(obj):
+        text += (
+            " (this API takes NumPy arrays; for torch tensors use cadagrad.torch.Adagrad or "
+            "cadagrad.torch.SGD, or pass tensor.numpy())"
+        )
+    return text
 
 
 def as_array_list(obj: object, name: str) -> tuple[list[np.ndarray], bool]:
@@ -26,13 +53,13 @@ def as_array_list(obj: object, name: str) -> tuple[list[np.ndarray], bool]:
         if len(obj) == 0:
             raise ValueError(f"{name}: expected at least one array, got an empty {type(obj).__name__}")
         return list(obj), False
-    raise TypeError(f"{name}: expected a numpy.ndarray or a list of them, got {type(obj).__name__}")
+    raise TypeError(f"{name}: expected a numpy.ndarray or a list of them, {_got(obj)}")
 
 
 def check_float_array(arr: object, name: str, *, writable: bool) -> np.ndarray:
     """Check that ``arr`` is an aligned, C-contiguous, native float32/float64 ndarray."""
     if not isinstance(arr, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(arr).__name__}")
+        raise TypeError(f"{name}: expected a numpy.ndarray, {_got(arr)}")
     if arr.dtype not in FLOAT_DTYPES or not arr.dtype.isnative:
         raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {arr.dtype}")
     if not arr.flags.c_contiguous:
@@ -98,14 +125,14 @@ def check_states(states: object, params: list[np.ndarray], single: bool, name: s
     """Validate caller-owned state buffers (accumulators, momentum buffers) against their params."""
     if single:
         if not isinstance(states, np.ndarray):
-            raise TypeError(f"{name}: expected a numpy.ndarray (params is one array), got {type(states).__name__}")
+            raise TypeError(f"{name}: expected a numpy.ndarray (params is one array), {_got(states)}")
         arrays = [states]
         label = lambda i: name  # noqa: E731
     else:
         if not isinstance(states, (list, tuple)):
-            raise TypeError(f"{name}: expected a list of {len(params)} arrays, got {type(states).__name__}")
+            raise TypeError(f"{name}: expected a list of {count(len(params), 'array')}, {_got(states)}")
         if len(states) != len(params):
-            raise ValueError(f"{name}: expected {len(params)} arrays (one per param), got {len(states)}")
+            raise ValueError(f"{name}: expected {count(len(params), 'array')} (one per param), got {len(states)}")
         arrays = list(states)
         label = lambda i: f"{name}[{i}]"  # noqa: E731
     param_label = "params" if single else "params[{}]"
@@ -123,13 +150,13 @@ def check_grads(grads: object, params: list[np.ndarray], single: bool, states: l
     """Raise the error that describes why ``grads`` do not fit ``params`` (and their ``states``)."""
     if single:
         if not isinstance(grads, np.ndarray):
-            raise TypeError(f"grads: expected a numpy.ndarray (params is one array), got {type(grads).__name__}")
+            raise TypeError(f"grads: expected a numpy.ndarray (params is one array), {_got(grads)}")
         items, label = [grads], (lambda i: "grads")
     else:
         if not isinstance(grads, (list, tuple)):
-            raise TypeError(f"grads: expected a list of {len(params)} arrays, got {type(grads).__name__}")
+            raise TypeError(f"grads: expected a list of {count(len(params), 'array')}, {_got(grads)}")
         if len(grads) != len(params):
-            raise ValueError(f"grads: expected {len(params)} arrays (one per param), got {len(grads)}")
+            raise ValueError(f"grads: expected {count(len(params), 'array')} (one per param), got {len(grads)}")
         items, label = list(grads), (lambda i: f"grads[{i}]")
     pname = (lambda i: "params") if single else (lambda i: f"params[{i}]")
     for i, (grad, param) in enumerate(zip(items, params)):
@@ -300,7 +327,7 @@ def check_rows(
     if target.ndim != 2:
         raise ValueError(f"params[{i}]: sparse rows need a 2-D param (rows, columns), got shape {target.shape}")
     if not isinstance(indices, np.ndarray):
-        raise TypeError(f"indices: expected a numpy.ndarray of int32 or int64, got {type(indices).__name__}")
+        raise TypeError(f"indices: expected a numpy.ndarray of int32 or int64, {_got(indices)}")
     if indices.dtype not in (np.dtype(np.int32), np.dtype(np.int64)) or not indices.dtype.isnative:
         raise TypeError(f"indices: expected dtype int32 or int64, got {indices.dtype}")
     if indices.ndim != 1:
@@ -322,5 +349,6 @@ def check_rows(
 def index_out_of_range(indices: np.ndarray, position: int, param: int, nrows: int) -> ValueError:
     """The error for ``indices[position]`` outside ``[0, nrows)``."""
     return ValueError(
-        f"indices[{position}]: {int(indices[position])} is out of range for params[{param}] with {nrows} rows"
+        f"indices[{position}]: {int(indices[position])} is out of range for params[{param}] "
+        f"with {count(nrows, 'row')}"
     )

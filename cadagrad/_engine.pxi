@@ -185,6 +185,19 @@ cdef class StepEngine:
             found = _run(KERNEL_CHECK_FINITE, self.segs, self.k, self.total, num_threads, NULL)
         return found
 
+    def has_nonfinite(self, grads, int num_threads=0):
+        """Whether any of ``grads`` (checked as for a step) holds a NaN or an infinity.
+
+        The optimizers ask it before the first dense step over lazily filled state, so that a step that
+        ``skip_if_nonfinite`` will skip fills nothing either.
+        """
+        self._acquire()
+        try:
+            self._load_grads(grads)
+            return self._any_nonfinite(num_threads)
+        finally:
+            PyThread_release_lock(self.lock)
+
     cdef int _pack_adagrad(self, AdagradArgs* a, double lr, double lr_decay, double weight_decay,
                            double eps, bint eps_inside_sqrt, bint maximize) except -1:
         # The arguments of an AdaGrad step (dense or rows), checked before anything is read or written.

@@ -1,17 +1,24 @@
 """``python -m cadagrad bench``: step times, bandwidth and ratios, all measured in one run.
 
-Every case times its implementations interleaved (one sample of each in turn, then again) and reports
-medians, so a noisy neighbour slows all of them alike. Columns:
+Every case times its implementations interleaved (one sample of each in turn, then again: a round) and
+reports medians, so a noisy neighbour slows all of them alike. Columns of the dense table:
 
 - ``median``: median time of one step of cadagrad;
+- ``spread``: the interquartile range of cadagrad's samples over their median;
 - ``GB/s``: bytes a step must move (reads and writes of params, grads and state) over that time;
-- ``ceiling``: cadagrad's time as a fraction of the ceiling kernel, which moves exactly the same bytes
-  of the same buffers with an addition or two per element (1.0 means cadagrad runs at the memory limit);
+- ``ceiling``: the ceiling kernel's time over cadagrad's. The ceiling moves exactly the same bytes of the
+  same buffers with an addition or two per element: 1.0 means cadagrad runs at the memory limit, and a
+  value above 1.0 can only come from noise;
 - ``check``: time of a step with ``skip_if_nonfinite=True`` over the plain step (the NaN/inf scan's
-  cost: one more read of the grads);
+  cost: one more read of the grads); below 1.0 can only come from noise;
 - ``x ref``: speed-up over the NumPy reference (``cadagrad.reference``);
 - ``x fused``, ``x foreach``: speed-up over torch's fused / foreach optimizers on the same buffers
   (zero-copy ``torch.from_numpy``), when torch is importable.
+
+A ratio is marked ``~`` when its per-round values spread too much to trust it (interquartile range over
+median above 20%), and ``!`` when its value is impossible without noise (``ceiling`` above 1.0,
+``check`` below 1.0); lines under the table explain the marks and warn.
+Progress, one line per case with its time, goes to stderr.
 """
 
 from __future__ import annotations
@@ -20,21 +27,27 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from . import _kernels, reference
-from ._build import build_info, get_num_threads, set_num_threads
+from . import reference
+from ._threads import build_info, get_num_threads, set_num_threads
+from .functional import memory_ceiling
 from .optim import SGD, Adagrad
 
 FULL_SIZES = tuple(1 << k for k in range(10, 27, 2))     # 2^10 .. 2^26
 QUICK_SIZES = (1 << 10, 1 << 16, 1 << 22)
 MANY_TENSORS = (1000, 1000)                              # 1,000 tensors of 1,000 elements
 SPARSE_ROWS = (10**6, 10**7)                             # embedding tables of V rows ...
+QUICK_SPARSE_ROWS = (10**6,)                             # (10^7 rows take 2.5 GB per state copy)
 SPARSE_WIDTH, SPARSE_BATCH = 64, 4096                    # ... x 64 float32 columns; 4,096 indices a step
 ZIPF_EXPONENT = 1.2                                      # many duplicates, as real id streams have
+SAMPLE_SECONDS = 2e-3                                    # each sample repeats a step for about this long
+UNRELIABLE_SPREAD = 0.20                                 # a ratio's IQR / median above this: marked ~
 
 ALGORITHMS = {
     # name: (optimizer factory, reference factory, torch factory name, torch kwargs, has state)
@@ -45,6 +58,130 @@ ALGORITHMS = {
                      lambda ps: reference.SGD(ps, lr=0.01, momentum=0.9),
                      "SGD", {"lr": 0.01, "momentum": 0.9}, True),
 }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Samples, spreads and the table
+
+
+def spread(values: Sequence[float]) -> float:
+    """Interquartile range over median (0 for fewer than two values)."""
+    if len(values) < 2:
+        return 0.0
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return (q3 - q1) / median if median > 0 else float("inf")
+
+
+@dataclass
+class Samples:
+    """Seconds per step of each implementation, one value per round (rounds are interleaved)."""
+
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+    def ratio(self, numerator: str, denominator: str) -> tuple[float, float] | None:
+        """Ratio of the medians, and the spread of the per-round ratios; None if one side is missing."""
+        if numerator not in self.times or denominator not in self.times:
+            return None
+        rounds = [a / b for a, b in zip(self.times[numerator], self.times[denominator])]
+        return self.median(numerator) / self.median(denominator), spread(rounds)
+
+
+def interleave(steps: dict[str, Callable[[], None]], repeats: int) -> Samples:
+    """Time every step ``repeats`` times, one sample of each in turn; each sample repeats its step."""
+    counts = {}
+    for name, step in steps.items():
+        step()                                   # warm up: lazy state, first-touch pages, caches
+        start = time.perf_counter()
+        step()
+        once = max(time.perf_counter() - start, 1e-7)
+        counts[name] = max(1, int(SAMPLE_SECONDS / once))
+    samples = Samples({name: [] for name in steps})
+    for _ in range(repeats):
+        for name, step in steps.items():
+            n = counts[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                step()
+            samples.times[name].append((time.perf_counter() - start) / n)
+    return samples
+
+
+class Marks:
+    """Formats ratios with their markers and keeps the notes the markers need under the table."""
+
+    NOISY = "~"
+    IMPOSSIBLE = "!"
+
+    def __init__(self) -> None:
+        self.noisy: list[str] = []          # "label: column" of each marked cell
+        self.impossible: list[str] = []
+
+    def cell(self, label: str, column: str, ratio: tuple[float, float] | None, *,
+             digits: int = 2, above: float | None = None, below: float | None = None) -> str:
+        """``ratio`` as text; ``!`` if its rounded value is above ``above`` or below ``below``, ``~`` if
+        its per-round values spread more than UNRELIABLE_SPREAD."""
+        if ratio is None:
+            return "-"
+        value, ratio_spread = ratio
+        text = f"{value:.{digits}f}"
+        shown = float(text)
+        if (above is not None and shown > above) or (below is not None and shown < below):
+            self.impossible.append(f"{label}: {column} {text}")
+            return text + self.IMPOSSIBLE
+        if ratio_spread > UNRELIABLE_SPREAD:
+            self.noisy.append(f"{label}: {column}")
+            return text + self.NOISY
+        return text
+
+    def notes(self) -> list[str]:
+        lines = []
+        if self.noisy:
+            lines.append(
+                f"{self.NOISY} unreliable ({len(self.noisy)} cells): from round to round the ratio's "
+                f"interquartile range exceeds {UNRELIABLE_SPREAD:.0%} of its median"
+            )
+        if self.impossible:
+            lines.append(
+                f"{self.IMPOSSIBLE} impossible without noise ({len(self.impossible)} cells): ceiling above "
+                "1.0 (cadagrad faster than a kernel moving the same bytes) or check below 1.0 (a step that "
+                "also scans the grads faster than one that does not)"
+            )
+        if self.noisy or self.impossible:
+            lines.append(
+                "warning: the samples were noisy; rerun on an idle machine, or with more --repeats, "
+                "before trusting the marked ratios"
+            )
+        return lines
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """Rows of cells (the first is the header) as a Markdown table with aligned columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _format_time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+# ---------------------------------------------------------------------------------------------------
+# The dense section: one step over whole tensors
 
 
 @dataclass
@@ -69,15 +206,11 @@ class Case:
 @dataclass
 class Result:
     case: Case
-    medians: dict[str, float] = field(default_factory=dict)    # implementation -> seconds per step
+    samples: Samples
 
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
+    @property
+    def medians(self) -> dict[str, float]:
+        return {name: self.samples.median(name) for name in self.samples.times}
 
 
 def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], None]]:
@@ -90,11 +223,11 @@ def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], 
     # The ceiling runs on the optimizer's own buffers: the same bytes at the same addresses (placement
     # alone moved a 2^24 step by 20% in tests of separately allocated buffers).
     states = (opt.sums if isinstance(opt, Adagrad) else opt.momentum_buffers) if has_state else None
-    ceiling = _kernels.StepEngine(params, states, False, None, 0)
+    ceiling = memory_ceiling(opt.params, states)
     impls = {
         "cadagrad": lambda: opt.step(grads),
         "checked": lambda: opt.step(grads, skip_if_nonfinite=True),
-        "ceiling": lambda: ceiling.ceiling(grads, 0),
+        "ceiling": lambda: ceiling(grads),
     }
     if with_reference:
         ref = make_reference(params)
@@ -114,70 +247,40 @@ def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], 
     return impls
 
 
-def _calls_per_sample(step: Callable[[], None], target_seconds: float) -> int:
-    start = time.perf_counter()
-    step()
-    once = max(time.perf_counter() - start, 1e-7)
-    return max(1, int(target_seconds / once))
-
-
 def measure(case: Case, *, repeats: int, with_reference: bool) -> Result:
-    """Time every implementation of ``case``, interleaved, and keep the median per step of each."""
+    """Time every implementation of ``case``, interleaved."""
     set_num_threads(case.threads)
     torch = _torch()
     if torch is not None:
         torch.set_num_threads(case.threads)
-    impls = implementations(case, with_reference)
-    counts = {name: _calls_per_sample(step, 2e-3) for name, step in impls.items()}
-    samples: dict[str, list[float]] = {name: [] for name in impls}
-    for _ in range(repeats):
-        for name, step in impls.items():
-            n = counts[name]
-            start = time.perf_counter()
-            for _ in range(n):
-                step()
-            samples[name].append((time.perf_counter() - start) / n)
-    return Result(case, {name: statistics.median(s) for name, s in samples.items()})
+    return Result(case, interleave(implementations(case, with_reference), repeats))
 
 
-COLUMNS = ("case", "threads", "median", "GB/s", "ceiling", "check", "x ref", "x fused", "x foreach")
+COLUMNS = ("case", "threads", "median", "spread", "GB/s", "ceiling", "check", "x ref", "x fused", "x foreach")
 
 
-def _format_time(seconds: float) -> str:
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 1e-9:.3g} ns"
-
-
-def _ratio(result: Result, other: str) -> str:
-    if other not in result.medians:
-        return "-"
-    return f"{result.medians[other] / result.medians['cadagrad']:.2f}"
-
-
-def format_row(result: Result) -> list[str]:
-    t = result.medians["cadagrad"]
+def format_row(result: Result, marks: Marks) -> list[str]:
+    s, label = result.samples, f"{result.case.label}, {result.case.threads} threads"
+    t = s.median("cadagrad")
     return [
         result.case.label,
         str(result.case.threads),
         _format_time(t),
+        f"{spread(s.times['cadagrad']):.0%}",
         f"{result.case.bytes_per_step() / t / 1e9:.1f}",
-        _ratio(result, "ceiling"),
-        f"{result.medians['checked'] / t:.2f}" if "checked" in result.medians else "-",
-        _ratio(result, "reference"),
-        _ratio(result, "torch fused"),
-        _ratio(result, "torch foreach"),
+        marks.cell(label, "ceiling", s.ratio("ceiling", "cadagrad"), above=1.0),
+        marks.cell(label, "check", s.ratio("checked", "cadagrad"), below=1.0),
+        marks.cell(label, "x ref", s.ratio("reference", "cadagrad")),
+        marks.cell(label, "x fused", s.ratio("torch fused", "cadagrad")),
+        marks.cell(label, "x foreach", s.ratio("torch foreach", "cadagrad")),
     ]
 
 
 def format_table(results: list[Result]) -> str:
-    """A Markdown table of the results."""
-    rows = [list(COLUMNS)] + [format_row(r) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    """A Markdown table of the results, with the notes its markers need."""
+    marks = Marks()
+    table = markdown_table([list(COLUMNS)] + [format_row(r, marks) for r in results])
+    return "\n".join([table, *marks.notes()])
 
 
 def cases(sizes: tuple[int, ...], threads: list[int], many_tensors: bool) -> list[Case]:
@@ -192,6 +295,19 @@ def cases(sizes: tuple[int, ...], threads: list[int], many_tensors: bool) -> lis
     return out
 
 
+# ---------------------------------------------------------------------------------------------------
+# The sparse section: AdaGrad's step_rows on an embedding table
+
+
+@dataclass
+class SparseCase:
+    nrows: int
+
+    @property
+    def label(self) -> str:
+        return f"V={self.nrows:.0e} x {SPARSE_WIDTH} f32, k={SPARSE_BATCH} zipf"
+
+
 def sparse_implementations(nrows: int, with_reference: bool) -> tuple[dict[str, Callable[[int], None]], int]:
     """AdaGrad ``step_rows`` on a (nrows, 64) float32 table with Zipf indices, per implementation.
 
@@ -199,7 +315,8 @@ def sparse_implementations(nrows: int, with_reference: bool) -> tuple[dict[str, 
     """
     rng = np.random.default_rng(0)
     batches = [
-        (rng.zipf(ZIPF_EXPONENT, SPARSE_BATCH) % nrows, rng.standard_normal((SPARSE_BATCH, SPARSE_WIDTH)).astype(np.float32))
+        (rng.zipf(ZIPF_EXPONENT, SPARSE_BATCH) % nrows,
+         rng.standard_normal((SPARSE_BATCH, SPARSE_WIDTH)).astype(np.float32))
         for _ in range(8)
     ]
     table = np.zeros((nrows, SPARSE_WIDTH), dtype=np.float32)
@@ -224,70 +341,147 @@ def sparse_implementations(nrows: int, with_reference: bool) -> tuple[dict[str, 
     return impls, len(batches)
 
 
-def measure_sparse(nrows: int, *, repeats: int, with_reference: bool) -> dict[str, float]:
-    """Median seconds per sparse step of each implementation, interleaved."""
+def measure_sparse(nrows: int, *, repeats: int, with_reference: bool) -> Samples:
+    """Seconds per sparse step of each implementation (a sample: one pass over the batches), interleaved."""
     impls, nbatches = sparse_implementations(nrows, with_reference)
-    samples: dict[str, list[float]] = {name: [] for name in impls}
-    for _ in range(repeats):
-        for name, step in impls.items():
-            start = time.perf_counter()
-            for b in range(nbatches):
-                step(b)
-            samples[name].append((time.perf_counter() - start) / nbatches)
-    return {name: statistics.median(s) for name, s in samples.items()}
+
+    def batches(step: Callable[[int], None]) -> Callable[[], None]:
+        return lambda: [step(b) for b in range(nbatches)]
+
+    samples = interleave({name: batches(step) for name, step in impls.items()}, repeats)
+    for values in samples.times.values():
+        values[:] = [v / nbatches for v in values]
+    return samples
 
 
-def format_sparse_table(results: dict[int, dict[str, float]]) -> str:
-    """A Markdown table of the sparse-rows results."""
-    rows = [["sparse adagrad step_rows", "median", "x ref", "x torch sparse"]]
-    for nrows, medians in results.items():
-        t = medians["cadagrad"]
+def format_sparse_table(results: dict[int, Samples]) -> str:
+    """A Markdown table of the sparse-rows results, with the notes its markers need."""
+    marks = Marks()
+    rows = [["sparse adagrad step_rows", "median", "spread", "x ref", "x torch sparse"]]
+    for nrows, s in results.items():
+        label = SparseCase(nrows).label
         rows.append([
-            f"V={nrows:.0e} x {SPARSE_WIDTH} f32, k={SPARSE_BATCH} zipf",
-            _format_time(t),
-            f"{medians['reference'] / t:.1f}" if "reference" in medians else "-",
-            f"{medians['torch sparse'] / t:.1f}" if "torch sparse" in medians else "-",
+            label,
+            _format_time(s.median("cadagrad")),
+            f"{spread(s.times['cadagrad']):.0%}",
+            marks.cell(label, "x ref", s.ratio("reference", "cadagrad"), digits=1),
+            marks.cell(label, "x torch sparse", s.ratio("torch sparse", "cadagrad"), digits=1),
         ])
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return "\n".join([markdown_table(rows), *marks.notes()])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections and the command line
+
+
+@dataclass
+class Settings:
+    """What the command line asked for, as every section sees it."""
+
+    quick: bool
+    threads: list[int]
+    repeats: int
+    with_reference: bool
+    many_tensors: bool
+
+
+@dataclass
+class Section:
+    """One table of the report: its cases, how one is measured, and how the results print.
+
+    ``cases(settings)`` lists what to measure (each with a ``label``), ``measure(case, settings)`` times
+    one, and ``report(results, settings)`` returns the section's text. A section may live in a module of
+    its own, imported by these functions when the section runs.
+    """
+
+    name: str
+    help: str
+    cases: Callable[[Settings], list[Any]]
+    measure: Callable[[Any, Settings], Any]
+    report: Callable[[list[Any], Settings], str]
+
+
+DENSE = Section(
+    "dense", "one step over whole tensors: sizes 2^10..2^26, float32/float64, 1,000 x 1,000 tensors",
+    cases=lambda s: cases(QUICK_SIZES if s.quick else FULL_SIZES, s.threads, s.many_tensors),
+    measure=lambda case, s: measure(case, repeats=s.repeats, with_reference=s.with_reference),
+    report=lambda results, s: format_table(results),
+)
+SPARSE = Section(
+    "sparse", "AdaGrad step_rows on embedding tables of 10^6 and 10^7 rows (--quick: 10^6 only)",
+    cases=lambda s: [SparseCase(n) for n in (QUICK_SPARSE_ROWS if s.quick else SPARSE_ROWS)],
+    measure=lambda case, s: (
+        case.nrows, measure_sparse(case.nrows, repeats=s.repeats, with_reference=s.with_reference)
+    ),
+    report=lambda results, s: format_sparse_table(dict(results)),
+)
+
+# The report's sections, in order; ``--sections`` picks some by name.
+SECTIONS: list[Section] = [DENSE, SPARSE]
+
+
+def _case_label(case: Any) -> str:
+    threads = getattr(case, "threads", None)
+    return case.label if threads is None else f"{case.label}, {threads} threads"
+
+
+def run(sections: list[Section], settings: Settings, *, progress=sys.stderr) -> list[str]:
+    """Measure every case of ``sections``; returns each section's text. One progress line per case."""
+    plan = [(section, section.cases(settings)) for section in sections]
+    total = sum(len(todo) for _, todo in plan)
+    done, start = 0, time.perf_counter()
+    reports = []
+    try:
+        for section, todo in plan:
+            results = []
+            for case in todo:
+                case_start = time.perf_counter()
+                results.append(section.measure(case, settings))
+                done += 1
+                now = time.perf_counter()
+                print(f"[{done}/{total}] {section.name}: {_case_label(case)}: {now - case_start:.1f} s "
+                      f"({now - start:.0f} s so far)", file=progress, flush=True)
+            reports.append(section.report(results, settings))
+    finally:
+        set_num_threads(None)
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cadagrad bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="sizes 2^10, 2^16, 2^22 only")
+    parser.add_argument("--quick", action="store_true",
+                        help="sizes 2^10, 2^16, 2^22 and a 10^6-row table only (about 30 s, under 2 GiB)")
     parser.add_argument("--threads", default=None,
                         help="comma-separated thread counts to sweep, e.g. 1,2,4 (default: the current count)")
     parser.add_argument("--repeats", type=int, default=None, help="samples per implementation (median kept)")
+    parser.add_argument("--sections", default=",".join(s.name for s in SECTIONS),
+                        help="comma-separated sections to run, of: "
+                             + "; ".join(f"{s.name} ({s.help})" for s in SECTIONS))
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) NumPy reference")
     parser.add_argument("--no-many-tensors", action="store_true", help="skip the 1,000 x 1,000 case")
-    parser.add_argument("--no-sparse", action="store_true", help="skip the sparse embedding-table case")
+    parser.add_argument("--no-sparse", action="store_true", help="skip the sparse section")
     args = parser.parse_args(argv)
+    # torch's sparse AdaGrad builds a sparse tensor without saying whether to check it, and warns once.
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else [get_num_threads()]
-    sizes = QUICK_SIZES if args.quick else FULL_SIZES
-    repeats = args.repeats or (5 if args.quick else 9)
-    todo = cases(sizes, threads, not args.no_many_tensors)
+    by_name = {s.name: s for s in SECTIONS}
+    names = [n.strip() for n in args.sections.split(",") if n.strip()]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        parser.error(f"--sections: unknown {', '.join(unknown)} (known: {', '.join(by_name)})")
+    chosen = [by_name[n] for n in names if not (args.no_sparse and n == "sparse")]
+    settings = Settings(
+        quick=args.quick,
+        threads=[int(t) for t in args.threads.split(",")] if args.threads else [get_num_threads()],
+        repeats=args.repeats or (5 if args.quick else 9),
+        with_reference=not args.no_reference,
+        many_tensors=not args.no_many_tensors,
+    )
     info = build_info()
     torch = _torch()
     print(f"cadagrad {info['version']}, kernels {info['isa']}, openmp {info['openmp']}, "
           f"numpy {info['numpy']}, torch {torch.__version__ if torch else 'not installed'}; "
-          f"medians of {repeats} interleaved samples")
-    results = []
-    try:
-        for i, case in enumerate(todo, start=1):
-            print(f"[{i}/{len(todo)}] {case.label}, {case.threads} threads", file=sys.stderr, flush=True)
-            results.append(measure(case, repeats=repeats, with_reference=not args.no_reference))
-    finally:
-        set_num_threads(None)
-    print(format_table(results))
-    if not args.no_sparse:
-        sparse = {}
-        for nrows in SPARSE_ROWS:
-            print(f"sparse rows, V = {nrows:.0e}", file=sys.stderr, flush=True)
-            sparse[nrows] = measure_sparse(nrows, repeats=repeats, with_reference=not args.no_reference)
-        print()
-        print(format_sparse_table(sparse))
+          f"medians of {settings.repeats} interleaved samples", flush=True)
+    print("\n\n".join(run(chosen, settings)))
     return 0

@@ -6,9 +6,11 @@ loop over many small steps, an optimizer object is cheaper: it validates its par
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import _checks
+from ._checks import Params
 from ._kernels import StepEngine
-from .optim import Params
 
 
 def _engine(params: Params, grads: Params, states: Params | None, states_name: str, steps: int) -> StepEngine:
@@ -125,5 +127,41 @@ def sgd_step(
     )
 
 
-__all__ = ["adagrad_step", "sgd_step"]
+def memory_ceiling(
+    params: Params, states: Params | None = None, *, num_threads: int | None = None
+) -> Callable[[Params], None]:
+    """A kernel with a step's memory traffic and almost no arithmetic: the speed limit of a step.
+
+    ``python -m cadagrad bench`` times it beside the real steps, on the same buffers, to show how close
+    a step comes to the memory bandwidth. It is not an optimizer: it changes the buffers' values.
+
+    Parameters
+    ----------
+    params : ndarray or sequence of ndarray
+        As for the steps; written.
+    states : ndarray or sequence of ndarray, optional
+        One state buffer per param (as ``sums``), for the traffic of a step with state; written.
+    num_threads : int or None, default None
+        As for the steps.
+
+    Returns
+    -------
+    callable
+        ``run(grads)``: reads params, grads (and states), and writes ``p = p + g`` (and ``s = s + g * g``)
+        with the thread split of a real step. The arrays are validated once, here; each call re-checks
+        only their headers, as an optimizer's step does.
+    """
+    threads = _checks.check_num_threads(num_threads)
+    arrays, single = _checks.check_params(params)
+    state_arrays = None if states is None else _checks.check_states(states, arrays, single, "states")
+
+    def explain(grads: object) -> None:
+        _checks.explain_changed(arrays, state_arrays, [(p.size, p.dtype) for p in arrays])
+        _checks.check_grads(grads, arrays, single, state_arrays)
+
+    engine = StepEngine(arrays, state_arrays, single, explain, 0)
+    return lambda grads: engine.ceiling(grads, threads)
+
+
+__all__ = ["adagrad_step", "sgd_step", "memory_ceiling"]
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from . import _checks, checkpoint
+from ._checks import Params
 from ._kernels import StepEngine
 from ._state import State, new_state
-
-Params = Union[np.ndarray, Sequence[np.ndarray]]
 
 
 class _Hyperparameter:
@@ -163,7 +161,7 @@ class _Optimizer:
             if saved is None and step == 0:
                 saved = [np.zeros(p.shape, dtype=p.dtype) for p in self._params]
             elif not isinstance(saved, (list, tuple)) or len(saved) != len(self._params):
-                raise ValueError(f"{key}: expected a list of {len(self._params)} arrays")
+                raise ValueError(f"{key}: expected a list of {_checks.count(len(self._params), 'array')}")
             shapes = self._states if self._states is not None else self._params
             for i, (array, like) in enumerate(zip(saved, shapes)):
                 _checks.check_like(array, like, f"{key}[{i}]", f"the state of params[{i}]", writable=False)

@@ -20,6 +20,35 @@ def pytest_report_header(config):
     return f"cadagrad build_info: {cadagrad.build_info()}"
 
 
+# Tests that need many GiB of memory are marked ``bigmem`` and skipped, with the reason, unless --bigmem is
+# given: the default run then stays within a few hundred MiB. ``python -m pytest --bigmem -m bigmem`` runs
+# only them (CI does, on a machine with the memory).
+BIGMEM_HOW = "run with --bigmem (python -m pytest --bigmem -m bigmem: these only)"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--bigmem", action="store_true", default=False,
+        help="also run the tests marked bigmem, which need many GiB of memory (skipped by default)",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "bigmem(reason=...): needs many GiB of memory; skipped unless pytest is run with --bigmem"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--bigmem"):
+        return
+    for item in items:
+        marker = item.get_closest_marker("bigmem")
+        if marker is not None:
+            why = marker.kwargs.get("reason", "needs many GiB of memory")
+            item.add_marker(pytest.mark.skip(reason=f"bigmem: {why}; {BIGMEM_HOW}"))
+
+
 DTYPES = (np.float32, np.float64)
 
 dtypes = st.sampled_from(DTYPES)

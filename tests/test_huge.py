@@ -1,4 +1,9 @@
-"""Steps over more than 2^31 elements index with 64-bit offsets (needs ~9 GiB; skipped with less)."""
+"""Steps over more than 2^31 elements index with 64-bit offsets.
+
+The dense step holds one 8 GiB buffer: it is marked ``bigmem`` (run with ``--bigmem``; skipped, with the
+reason, below 9 GiB of available memory). The sparse steps map an 8.7 GB table of zeros lazily and touch a
+few rows (under 100 MB resident): they run by default wherever the system lets a process map that much.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ def available_memory() -> int:
     return 0
 
 
-@pytest.mark.skipif(available_memory() < 12 * GIB, reason="needs 12 GiB of available memory")
+@pytest.mark.bigmem(reason="one 8 GiB buffer")
+@pytest.mark.skipif(available_memory() < 9 * GIB, reason="needs 9 GiB of available memory (one 8 GiB buffer)")
 def test_a_dense_step_past_2_31_elements_updates_the_last_elements():
     n = (1 << 31) + 64
     p = np.zeros(n, dtype=np.float32)
@@ -38,14 +44,16 @@ def test_a_dense_step_past_2_31_elements_updates_the_last_elements():
     assert not p[1 << 30 : (1 << 30) + 1024].any()
 
 
-@pytest.mark.skipif(available_memory() < 12 * GIB, reason="needs 12 GiB of available memory")
 @pytest.mark.parametrize("kind", ["adagrad-rowwise", "sgd"])
 def test_sparse_rows_past_2_31_elements_update_the_right_rows(kind):
     """A 2^21 x 1,040 float32 table (8.7 GB of lazily mapped zeros, so only touched rows take memory):
     rows past element 2^31 are updated where they are, and their neighbours are not touched. Row-wise
     AdaGrad and plain SGD keep no per-element state, so the test needs little resident memory."""
     nrows, width = 1 << 21, 1040
-    table = np.zeros((nrows, width), dtype=np.float32)
+    try:
+        table = np.zeros((nrows, width), dtype=np.float32)
+    except MemoryError:
+        pytest.skip("the system refuses to map an 8.7 GB table, even lazily (it would use under 100 MB)")
     first_past = ((1 << 31) + width - 1) // width          # the first row that starts past 2^31
     idx = np.array([nrows - 1, first_past, nrows - 1, 5], dtype=np.int64)
     rows = np.random.default_rng(0).standard_normal((4, width)).astype(np.float32)

