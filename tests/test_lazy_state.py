@@ -512,3 +512,21 @@ def test_the_torch_adapters_state_dict_fills_a_lazy_state_so_it_reads_right(rng)
     ref.step_rows(idx, rows)
     assert_bitwise_equal(resumed_param.detach().numpy(), ref.params[0], "params")
     assert_bitwise_equal(resumed.state_dict()["state"][0]["sum"].numpy(), ref.sums[0], "sums")
+
+
+def test_pickling_the_torch_adapter_fills_a_lazy_state_first(rng):
+    """deepcopy and pickle copy the state tensors as they are: untouched rows must hold the value by then."""
+    torch = pytest.importorskip("torch")
+    ct = pytest.importorskip("cadagrad.torch")
+    shape, k = (1 << 17, 16), 200
+    p = torch.nn.Parameter(torch.from_numpy(random_array(rng, shape, np.float32)))
+    opt = ct.Adagrad([p], lr=0.05, initial_accumulator_value=0.1)
+    ref = reference.Adagrad(p.detach().numpy().copy(), lr=0.05, initial_accumulator_value=0.1)
+    idx = rng.integers(0, shape[0], k)
+    rows = random_array(rng, (k, shape[1]), np.float32)
+    p.grad = _torch_sparse_grad(torch, idx, rows, shape)
+    opt.step()
+    ref.step_rows(idx, rows)
+    clone = copy.deepcopy(opt)
+    (cloned,) = clone.state.values()
+    assert_bitwise_equal(cloned["sum"].numpy(), ref.sums[0], "the clone's sum")
