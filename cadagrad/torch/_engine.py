@@ -424,7 +424,7 @@ class EngineOptimizer(Optimizer):
         self._owned[p] = (tensor, buffer)
         return tensor
 
-    def _state_array(self, p: torch.Tensor, found: object, label: str, value: float,
+    def _state_buffer(self, p: torch.Tensor, found: object, label: str, value: float,
                      rowwise: bool = False) -> tuple[torch.Tensor, State]:
         """The buffer behind ``state[p][key]``: ours as is, anything else copied into a buffer of ours
         (torch.optim.SGD's sparse momentum buffers too) whose initial value is ``value``: rows of the
@@ -460,9 +460,16 @@ class EngineOptimizer(Optimizer):
                 buffer.materialize()
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer's state as :meth:`torch.optim.Optimizer.state_dict` gives it (references to the
-        state tensors, not copies).
+        """The optimizer's state, as :meth:`torch.optim.Optimizer.state_dict` gives it.
 
+        Returns
+        -------
+        dict
+            ``{"state": {index: {key: Tensor}}, "param_groups": [...]}``; the tensors are the optimizer's
+            own state tensors, not copies.
+
+        Notes
+        -----
         Large AdaGrad accumulators with a non-zero ``initial_accumulator_value`` hold that value only in
         the rows steps have touched; this first writes it into every other row (in place), so that the
         tensors returned read right: from then on such an accumulator takes as much memory as its param.

@@ -56,7 +56,7 @@ class Adagrad(EngineOptimizer):
 
     **Memory of the state.** An accumulator of 4 MiB or more is lazy: zero pages from the OS, so the rows
     that no step touches take no memory (over a 10^7 x 64 float32 table, the first sparse step of 4,096
-    rows costs their pages, not 2.5 GiB). Smaller accumulators are filled at construction, as torch's. The
+    rows costs their pages, not 2.4 GiB). Smaller accumulators are filled at construction, as torch's. The
     first dense step of a param fills and advises huge pages for its whole accumulator.
 
     With ``initial_accumulator_value`` ``v != 0``, a lazy accumulator gets ``v`` written into a row the
@@ -217,7 +217,7 @@ class Adagrad(EngineOptimizer):
             step = float(scalar(state["step"]))
             if not (step >= 0 and step.is_integer()):
                 raise ValueError(f"state of {label}['step']: expected a whole number >= 0, got {step}")
-            tensor, buffer = self._state_array(p, state["sum"], label, init, rowwise)
+            tensor, buffer = self._state_buffer(p, state["sum"], label, init, rowwise)
             state["sum"] = tensor
             sums.append(buffer)
             counts.append(int(step))

@@ -218,7 +218,7 @@ class SGD(EngineOptimizer):
                 # Written by the first step (buf = g) and put in ``state`` only once that step is taken.
                 buffers.append(new_state(p.detach().numpy(), tuple(p.shape), 0.0))
             else:
-                tensor, buffer = self._state_array(p, found, label, 0.0)
+                tensor, buffer = self._state_buffer(p, found, label, 0.0)
                 state["momentum_buffer"] = tensor
                 buffers.append(buffer)
             first.append(found is None)
