@@ -1,4 +1,5 @@
-"""The seeds' worked examples: the lesson's accumulator table and the notebook's quadratic."""
+"""Two worked examples: AdaGrad's accumulator on one parameter fed gradients 10, 9, 11, 10, 10, and SGD
+against AdaGrad on the ill-conditioned quadratic 0.1 * x1**2 + 5 * x2**2, each against plain NumPy."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import pytest
 import cadagrad
 
 
-def test_lesson_table_effective_rates():
+def test_worked_accumulator_table_effective_rates():
     """Gradients 10, 9, 11, 10, 10 with alpha = 0.1, eps = 1e-8 (outside the root).
 
-    The lesson prints effective rates 0.01, 0.0075, 0.0057, ..., 0.0045 after rounding sqrt(G) by hand
-    before dividing, so its figures are compared to one unit of their last printed digit (1e-4).
+    The worked table by hand gives effective rates 0.01, 0.0075, 0.0057, ..., 0.0045, rounding sqrt(G)
+    before dividing, so those figures are compared to one unit of their last printed digit (1e-4).
     """
     w = np.zeros(1, dtype=np.float64)
     opt = cadagrad.Adagrad(w, lr=0.1, eps=1e-8)
@@ -23,8 +24,8 @@ def test_lesson_table_effective_rates():
         accumulators.append(G)
         rates.append(0.1 / (np.sqrt(G) + 1e-8))
     assert accumulators == [100.0, 181.0, 302.0, 402.0, 502.0]
-    lesson = {0: 0.01, 1: 0.0075, 2: 0.0057, 4: 0.0045}
-    for step, printed in lesson.items():
+    by_hand = {0: 0.01, 1: 0.0075, 2: 0.0057, 4: 0.0045}
+    for step, printed in by_hand.items():
         assert rates[step] == pytest.approx(printed, abs=1e-4), step
     assert all(a > b for a, b in zip(rates, rates[1:]))        # the rate only ever shrinks
 
@@ -34,7 +35,7 @@ def quadratic_grad(x: np.ndarray) -> np.ndarray:
     return np.array([0.2 * x[0], 10.0 * x[1]])
 
 
-def test_notebook_quadratic_sgd_matches_numpy_expression():
+def test_quadratic_sgd_matches_numpy_expression():
     x_numpy = np.array([9.0, -3.0])
     x = x_numpy.copy()
     opt = cadagrad.SGD(x, lr=0.05)
@@ -46,8 +47,8 @@ def test_notebook_quadratic_sgd_matches_numpy_expression():
     assert x[0] == pytest.approx(9.0 * 0.99**100, rel=1e-12)
 
 
-def test_notebook_quadratic_adagrad_matches_numpy_expression():
-    """The notebook's AdaGrad: G += g*g; x -= eta * g / sqrt(G + 1e-8) (eps inside the root).
+def test_quadratic_adagrad_eps_inside_matches_numpy_expression():
+    """AdaGrad written in NumPy with eps inside the root: G += g*g; x -= eta * g / sqrt(G + 1e-8) (eps inside the root).
 
     ``eta * g / np.sqrt(...)`` evaluates as ``(eta * g) / sqrt(...)``: the kernel's order, so the
     comparison is exact.

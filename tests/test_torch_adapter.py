@@ -2,7 +2,7 @@
 schedulers, per-param step counts and the errors for tensors cadagrad cannot step.
 
 PyTorch accumulates AdaGrad's sum with a fused multiply-add, so the two agree within a tolerance, not
-bitwise (SEMANTICS.md).
+bitwise (docs/rules.rst).
 """
 
 from __future__ import annotations

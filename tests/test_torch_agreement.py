@@ -1,7 +1,7 @@
 """cadagrad against torch.optim.Adagrad / SGD (skipped where torch is missing; CI installs it).
 
 PyTorch accumulates with a fused multiply-add, so from the second step on the two differ in the last
-bits (SEMANTICS.md): compare with a tolerance, except the first step from G = 0, eps outside the root
+bits (docs/rules.rst): compare with a tolerance, except the first step from G = 0, eps outside the root
 and no weight decay, which agrees bit for bit with ``fused=True``.
 """
 
