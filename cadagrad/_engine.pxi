@@ -387,7 +387,8 @@ cdef class StepEngine:
             raise TypeError(f"rows{_where(j, many)}: expected a numpy.ndarray, got {type(rows).__name__}")
         if not _rows_fit(<cnp.ndarray>rows, s.typenum, t.k, t.width):
             raise ValueError(f"rows{_where(j, many)}: expected a C-contiguous, aligned array of shape "
-                             f"({t.k}, {t.width}) and dtype {param.dtype} (as params[{index}]), got {rows.dtype} {rows.shape}")
+                             f"({t.k}, {t.width}) and dtype {param.dtype} (as params[{index}]), "
+                             f"got {rows.dtype} {rows.shape}")
         t.rows = <const char*>cnp.PyArray_DATA(<cnp.ndarray>rows)
         return 0
 
@@ -447,6 +448,38 @@ cdef class StepEngine:
             return -1
         return bad[0] + n_tables * bad[1] if many else bad[1]
 
+    cdef Py_ssize_t _adagrad_rows(self, list indices_list, list rows_list, list params, bint many,
+                                  bint assume_unique, double lr, double lr_decay, double weight_decay,
+                                  double eps, bint eps_inside_sqrt, bint maximize, int num_threads) except -2:
+        cdef AdagradArgs a
+        cdef Py_ssize_t bad
+        self._acquire()
+        try:
+            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize)
+            bad = self._rows_step(KERNEL_ADAGRAD, indices_list, rows_list, params, many, assume_unique, &a,
+                                  num_threads)
+            if bad == -1:
+                self.steps += 1
+            return bad
+        finally:
+            PyThread_release_lock(self.lock)
+
+    cdef Py_ssize_t _sgd_rows(self, list indices_list, list rows_list, list params, bint many,
+                              bint assume_unique, double lr, double weight_decay, double momentum,
+                              double dampening, bint nesterov, bint maximize, int num_threads) except -2:
+        cdef SgdArgs a
+        cdef Py_ssize_t bad
+        self._acquire()
+        try:
+            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize)
+            bad = self._rows_step(KERNEL_SGD, indices_list, rows_list, params, many, assume_unique, &a,
+                                  num_threads)
+            if bad == -1:
+                self.steps += 1
+            return bad
+        finally:
+            PyThread_release_lock(self.lock)
+
     def adagrad_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr,
                      double lr_decay, double weight_decay, double eps, bint eps_inside_sqrt,
                      bint maximize, int num_threads):
@@ -455,12 +488,12 @@ cdef class StepEngine:
         Duplicate indices are summed first (unless ``assume_unique``). Returns -1 after the step, or the
         position of the first index out of range, in which case nothing was written.
         """
-        return self.adagrad_rows_many([indices], [rows], [index], assume_unique, lr, lr_decay, weight_decay,
-                                      eps, eps_inside_sqrt, maximize, num_threads, False)
+        return self._adagrad_rows([indices], [rows], [index], False, assume_unique, lr, lr_decay,
+                                  weight_decay, eps, eps_inside_sqrt, maximize, num_threads)
 
     def adagrad_rows_many(self, indices_list, rows_list, params, bint assume_unique, double lr,
                           double lr_decay, double weight_decay, double eps, bint eps_inside_sqrt,
-                          bint maximize, int num_threads, bint _many=True):
+                          bint maximize, int num_threads):
         """AdaGrad on rows of several 2-D params (tables) at once: one step, one parallel region.
 
         Table ``j`` is ``params[j]`` (an index into this engine's params, each named once), stepped on the
@@ -470,18 +503,8 @@ cdef class StepEngine:
         ``table + len(params) * position`` for the first index out of range (the first such table, then
         its first such position): ``position, table = divmod(result, len(params))``.
         """
-        cdef AdagradArgs a
-        cdef Py_ssize_t bad
-        self._acquire()
-        try:
-            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize)
-            bad = self._rows_step(KERNEL_ADAGRAD, list(indices_list), list(rows_list), list(params), _many,
-                                  assume_unique, &a, num_threads)
-            if bad == -1:
-                self.steps += 1
-            return bad
-        finally:
-            PyThread_release_lock(self.lock)
+        return self._adagrad_rows(list(indices_list), list(rows_list), list(params), True, assume_unique,
+                                  lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, num_threads)
 
     def sgd_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr, double weight_decay,
                  double momentum, double dampening, bint nesterov, bint maximize, int num_threads):
@@ -489,29 +512,19 @@ cdef class StepEngine:
 
         Returns -1 after the step, or the position of the first index out of range (nothing written).
         """
-        return self.sgd_rows_many([indices], [rows], [index], assume_unique, lr, weight_decay, momentum,
-                                  dampening, nesterov, maximize, num_threads, False)
+        return self._sgd_rows([indices], [rows], [index], False, assume_unique, lr, weight_decay, momentum,
+                              dampening, nesterov, maximize, num_threads)
 
     def sgd_rows_many(self, indices_list, rows_list, params, bint assume_unique, double lr,
                       double weight_decay, double momentum, double dampening, bint nesterov, bint maximize,
-                      int num_threads, bint _many=True):
+                      int num_threads):
         """SGD on rows of several 2-D params (tables) at once, as ``adagrad_rows_many``.
 
         Every table takes the momentum rule of step ``t = steps + 1`` (``buf = g`` at the first step);
         ``steps`` advances once. Returns as ``adagrad_rows_many``.
         """
-        cdef SgdArgs a
-        cdef Py_ssize_t bad
-        self._acquire()
-        try:
-            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize)
-            bad = self._rows_step(KERNEL_SGD, list(indices_list), list(rows_list), list(params), _many,
-                                  assume_unique, &a, num_threads)
-            if bad == -1:
-                self.steps += 1
-            return bad
-        finally:
-            PyThread_release_lock(self.lock)
+        return self._sgd_rows(list(indices_list), list(rows_list), list(params), True, assume_unique, lr,
+                              weight_decay, momentum, dampening, nesterov, maximize, num_threads)
 
     def rows_ceiling(self, indices_list, rows_list, params, bint assume_unique, int num_threads):
         """The ceiling of ``adagrad_rows_many`` (and ``sgd_rows_many``) on the same tables and indices.
