@@ -392,7 +392,7 @@ cdef class StepEngine:
         t.rows = <const char*>cnp.PyArray_DATA(<cnp.ndarray>rows)
         return 0
 
-    cdef int _check_row_aliases(self, Py_ssize_t n_tables, list indices_list, list rows_list,
+    cdef int _check_row_aliases(self, Py_ssize_t n_tables, tuple indices_list, tuple rows_list,
                                 bint many) except -1:
         # After every table is set: no table's indices or rows may share memory with a param or state
         # that the step writes (threads would race; one table at a time, a step would read its own writes).
@@ -410,7 +410,7 @@ cdef class StepEngine:
                                  "that the step writes")
         return 0
 
-    cdef Py_ssize_t _rows_step(self, int kernel, list indices_list, list rows_list, list params, bint many,
+    cdef Py_ssize_t _rows_step(self, int kernel, tuple indices_list, tuple rows_list, tuple params, bint many,
                                bint assume_unique, const void* args, int num_threads) except -2:
         # The one sparse-row step, for one table or several: sets and checks every table, groups (or
         # range-checks) all their indices, and only then writes, in one parallel region. Returns -1 after
@@ -448,7 +448,7 @@ cdef class StepEngine:
             return -1
         return bad[0] + n_tables * bad[1] if many else bad[1]
 
-    cdef Py_ssize_t _adagrad_rows(self, list indices_list, list rows_list, list params, bint many,
+    cdef Py_ssize_t _adagrad_rows(self, tuple indices_list, tuple rows_list, tuple params, bint many,
                                   bint assume_unique, double lr, double lr_decay, double weight_decay,
                                   double eps, bint eps_inside_sqrt, bint maximize, int num_threads) except -2:
         cdef AdagradArgs a
@@ -464,7 +464,7 @@ cdef class StepEngine:
         finally:
             PyThread_release_lock(self.lock)
 
-    cdef Py_ssize_t _sgd_rows(self, list indices_list, list rows_list, list params, bint many,
+    cdef Py_ssize_t _sgd_rows(self, tuple indices_list, tuple rows_list, tuple params, bint many,
                               bint assume_unique, double lr, double weight_decay, double momentum,
                               double dampening, bint nesterov, bint maximize, int num_threads) except -2:
         cdef SgdArgs a
@@ -488,7 +488,7 @@ cdef class StepEngine:
         Duplicate indices are summed first (unless ``assume_unique``). Returns -1 after the step, or the
         position of the first index out of range, in which case nothing was written.
         """
-        return self._adagrad_rows([indices], [rows], [index], False, assume_unique, lr, lr_decay,
+        return self._adagrad_rows((indices,), (rows,), (index,), False, assume_unique, lr, lr_decay,
                                   weight_decay, eps, eps_inside_sqrt, maximize, num_threads)
 
     def adagrad_rows_many(self, indices_list, rows_list, params, bint assume_unique, double lr,
@@ -503,7 +503,7 @@ cdef class StepEngine:
         ``table + len(params) * position`` for the first index out of range (the first such table, then
         its first such position): ``position, table = divmod(result, len(params))``.
         """
-        return self._adagrad_rows(list(indices_list), list(rows_list), list(params), True, assume_unique,
+        return self._adagrad_rows(tuple(indices_list), tuple(rows_list), tuple(params), True, assume_unique,
                                   lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, num_threads)
 
     def sgd_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr, double weight_decay,
@@ -512,7 +512,7 @@ cdef class StepEngine:
 
         Returns -1 after the step, or the position of the first index out of range (nothing written).
         """
-        return self._sgd_rows([indices], [rows], [index], False, assume_unique, lr, weight_decay, momentum,
+        return self._sgd_rows((indices,), (rows,), (index,), False, assume_unique, lr, weight_decay, momentum,
                               dampening, nesterov, maximize, num_threads)
 
     def sgd_rows_many(self, indices_list, rows_list, params, bint assume_unique, double lr,
@@ -523,7 +523,7 @@ cdef class StepEngine:
         Every table takes the momentum rule of step ``t = steps + 1`` (``buf = g`` at the first step);
         ``steps`` advances once. Returns as ``adagrad_rows_many``.
         """
-        return self._sgd_rows(list(indices_list), list(rows_list), list(params), True, assume_unique, lr,
+        return self._sgd_rows(tuple(indices_list), tuple(rows_list), tuple(params), True, assume_unique, lr,
                               weight_decay, momentum, dampening, nesterov, maximize, num_threads)
 
     def rows_ceiling(self, indices_list, rows_list, params, bint assume_unique, int num_threads):
@@ -537,7 +537,7 @@ cdef class StepEngine:
         """
         self._acquire()
         try:
-            return self._rows_step(KERNEL_CEILING, list(indices_list), list(rows_list), list(params), True,
+            return self._rows_step(KERNEL_CEILING, tuple(indices_list), tuple(rows_list), tuple(params), True,
                                    assume_unique, NULL, num_threads)
         finally:
             PyThread_release_lock(self.lock)

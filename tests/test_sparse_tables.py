@@ -53,10 +53,10 @@ class Tables:
         else:
             init = options.get("initial_accumulator_value", 0.0)
             rowwise = [spec[6] for spec in specs]
-            self.states = [
-                np.full(p.shape[:1] if rw else p.shape, init, dtype=p.dtype) for p, rw in zip(self.params, rowwise)
-            ]
-            self.refs = [reference.Adagrad(p.copy(), rowwise=rw, **options) for p, rw in zip(self.params, rowwise)]
+            self.states = [np.full(p.shape[:1] if rw else p.shape, init, dtype=p.dtype)
+                           for p, rw in zip(self.params, rowwise)]
+            self.refs = [reference.Adagrad(p.copy(), rowwise=rw, **options)
+                         for p, rw in zip(self.params, rowwise)]
             widths = [p.shape[1] if rw else 0 for p, rw in zip(self.params, rowwise)]
         self.many = module.StepEngine(self.params, self.states, False, None, 0, widths)
         self.one_params = [p.copy() for p in self.params]
@@ -256,10 +256,10 @@ def _three_tables(rng):
 BAD_MANY_CALLS = [
     pytest.param(lambda idx, rows, ps, st: (idx, rows, [0, 0]), ValueError,
                  r"^params\[1\]: params\[0\] is named twice", id="param-named-twice"),
-    pytest.param(lambda idx, rows, ps, st: (idx, rows, [0, 5]), ValueError, r"^params\[1\]: expected 0 <= param",
-                 id="param-out-of-range"),
-    pytest.param(lambda idx, rows, ps, st: (idx, rows[:1], [0, 1]), ValueError, r"^indices_list, rows_list and",
-                 id="lengths-differ"),
+    pytest.param(lambda idx, rows, ps, st: (idx, rows, [0, 5]), ValueError,
+                 r"^params\[1\]: expected 0 <= param", id="param-out-of-range"),
+    pytest.param(lambda idx, rows, ps, st: (idx, rows[:1], [0, 1]), ValueError,
+                 r"^indices_list, rows_list and", id="lengths-differ"),
     pytest.param(lambda idx, rows, ps, st: (idx, [rows[0], rows[1][:1]], [0, 1]), ValueError,
                  r"^rows\[1\]: expected .* shape \(2, 5\)", id="rows-wrong-shape"),
     pytest.param(lambda idx, rows, ps, st: (idx, [rows[0], rows[1].astype(np.float64)], [0, 1]), ValueError,
