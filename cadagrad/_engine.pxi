@@ -6,7 +6,7 @@
 
 from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock, PyThread_free_lock,
                                PyThread_acquire_lock, PyThread_release_lock, WAIT_LOCK, NOWAIT_LOCK)
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 
 
 cdef struct ByteRange:
@@ -44,6 +44,14 @@ cdef inline bint _grad_fits(object obj, object param_obj, int typenum) noexcept:
     return True
 
 
+cdef inline bint _rows_fit(cnp.ndarray rows, int typenum, Py_ssize_t k, Py_ssize_t width) noexcept:
+    # The gradient rows of a sparse step: (k, width), the param's dtype, C-contiguous, aligned, native.
+    return (cnp.PyArray_TYPE(rows) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(rows)
+            and cnp.PyArray_ISALIGNED(rows) and not cnp.PyArray_ISBYTESWAPPED(rows)
+            and cnp.PyArray_NDIM(rows) == 2 and cnp.PyArray_DIM(rows, 0) == k
+            and cnp.PyArray_DIM(rows, 1) == width)
+
+
 cdef inline bint _grad_alias_ok(const char* grad, Py_ssize_t nbytes, Py_ssize_t owner,
                                 const ByteRange* ranges, Py_ssize_t n_ranges) noexcept:
     # A grad may be its own param exactly (a well-defined element-wise update), but no other buffer
@@ -66,6 +74,44 @@ cdef inline bint _grad_alias_ok(const char* grad, Py_ssize_t nbytes, Py_ssize_t 
             and ranges[lo - 1].start == grad and ranges[lo - 1].end == end)
 
 
+cdef str _where(Py_ssize_t j, bint many):
+    # How an error names table j of a row step: by its place in the lists, or not at all for one table.
+    return f"[{j}]" if many else ""
+
+
+cdef int _grow(void** buf, Py_ssize_t* cap, Py_ssize_t nbytes) except -1:
+    # Grows a scratch buffer to at least nbytes (contents not kept); never shrinks it.
+    cdef void* grown
+    if nbytes > cap[0]:
+        grown = realloc(buf[0], nbytes)
+        if grown == NULL:
+            raise MemoryError()
+        buf[0], cap[0] = grown, nbytes
+    return 0
+
+
+cdef inline bint _overlaps_named(const char* start, Py_ssize_t nbytes, const ByteRange* ranges,
+                                 Py_ssize_t n_ranges, const Py_ssize_t* named, Py_ssize_t stamp) noexcept:
+    # Whether [start, start + nbytes) meets a buffer of a param that named[owner] == stamp marks. The
+    # ranges are disjoint and sorted, so those that meet it are the last ones starting below its end.
+    cdef Py_ssize_t lo = 0, hi = n_ranges, mid
+    cdef const char* end = start + nbytes
+    if nbytes == 0:
+        return False
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ranges[mid].start < end:
+            lo = mid + 1
+        else:
+            hi = mid
+    lo -= 1
+    while lo >= 0 and ranges[lo].end > start:
+        if named[ranges[lo].owner] == stamp:
+            return True
+        lo -= 1
+    return False
+
+
 cdef class StepEngine:
     """Params and their state as raw pointers, stepped in one parallel region.
 
@@ -83,10 +129,17 @@ cdef class StepEngine:
     cdef Py_ssize_t k
     cdef Py_ssize_t total
     cdef PyThread_type_lock lock
-    cdef Py_ssize_t* work          # sparse-row grouping scratch, grown, never shrunk
-    cdef Py_ssize_t work_cap
-    cdef char* row_scratch         # one accumulation row per thread for sparse steps, grown
+    # Sparse-row scratch, grown, never shrunk: a steady state of row steps allocates nothing.
+    cdef RowTable* row_tables      # the tables of a row step
+    cdef Py_ssize_t row_tables_cap
+    cdef Py_ssize_t* row_groups    # their RowGroups, one after another
+    cdef Py_ssize_t row_groups_cap
+    cdef Py_ssize_t* hashing       # _group_rows' hash table, shared by the tables of a step
+    cdef Py_ssize_t hashing_cap
+    cdef char* row_scratch         # one accumulation row per thread
     cdef Py_ssize_t row_scratch_cap
+    cdef Py_ssize_t* named         # per param: the number of the last row step that named it
+    cdef Py_ssize_t row_calls
     cdef public Py_ssize_t steps
 
     def __cinit__(self, params, states, bint single, explain, Py_ssize_t steps=0, row_widths=None):
@@ -118,7 +171,8 @@ cdef class StepEngine:
         self.k = len(self.params)
         self.lock = PyThread_allocate_lock()
         self.segs = <Segment*>malloc(max(self.k, 1) * sizeof(Segment))
-        if self.segs == NULL or self.lock == NULL:
+        self.named = <Py_ssize_t*>calloc(max(self.k, 1), sizeof(Py_ssize_t))
+        if self.segs == NULL or self.named == NULL or self.lock == NULL:
             raise MemoryError()
         for i in range(self.k):
             p = <cnp.ndarray?>self.params[i]
@@ -163,7 +217,10 @@ cdef class StepEngine:
     def __dealloc__(self):
         free(self.segs)
         free(self.ranges)
-        free(self.work)
+        free(self.named)
+        free(self.row_tables)
+        free(self.row_groups)
+        free(self.hashing)
         free(self.row_scratch)
         if self.lock != NULL:
             PyThread_free_lock(self.lock)
@@ -292,54 +349,149 @@ cdef class StepEngine:
         finally:
             PyThread_release_lock(self.lock)
 
-    cdef int _reserve(self, Py_ssize_t work_size, Py_ssize_t scratch_bytes) except -1:
-        cdef void* grown
-        if work_size > self.work_cap:
-            grown = realloc(self.work, work_size * sizeof(Py_ssize_t))
-            if grown == NULL:
-                raise MemoryError()
-            self.work, self.work_cap = <Py_ssize_t*>grown, work_size
-        if scratch_bytes > self.row_scratch_cap:
-            grown = realloc(self.row_scratch, scratch_bytes)
-            if grown == NULL:
-                raise MemoryError()
-            self.row_scratch, self.row_scratch_cap = <char*>grown, scratch_bytes
+    cdef int _reserve_rows(self, Py_ssize_t n_tables, Py_ssize_t groups_words, Py_ssize_t hashing_words,
+                           Py_ssize_t scratch_bytes) except -1:
+        _grow(<void**>&self.row_tables, &self.row_tables_cap, n_tables * sizeof(RowTable))
+        _grow(<void**>&self.row_groups, &self.row_groups_cap, groups_words * sizeof(Py_ssize_t))
+        _grow(<void**>&self.hashing, &self.hashing_cap, hashing_words * sizeof(Py_ssize_t))
+        _grow(<void**>&self.row_scratch, &self.row_scratch_cap, scratch_bytes)
         return 0
 
-    cdef Py_ssize_t _rows_step(self, int kernel, Py_ssize_t index, indices, rows, bint assume_unique,
-                               const void* args, int num_threads) except -2:
-        # Returns -1 after the update, or the position of the first index out of range (nothing written).
-        cdef Segment* s = &self.segs[index]
-        cdef cnp.ndarray param = <cnp.ndarray>self.params[index]
-        cdef cnp.ndarray idx = <cnp.ndarray?>indices
-        cdef cnp.ndarray grad_rows = <cnp.ndarray?>rows
-        cdef Py_ssize_t nrows = cnp.PyArray_DIM(param, 0), width = cnp.PyArray_DIM(param, 1)
-        cdef Py_ssize_t k = cnp.PyArray_SIZE(idx), n_rows, j, v
-        cdef bint wide = cnp.PyArray_TYPE(idx) == cnp.NPY_INT64
-        cdef const char* idx_data = <const char*>cnp.PyArray_DATA(idx)
-        cdef const char* rows_data = <const char*>cnp.PyArray_DATA(grad_rows)
-        cdef int nthreads = _threads_for(k * width, num_threads)
+    cdef int _set_table(self, RowTable* t, Py_ssize_t index, object indices, object rows, Py_ssize_t j,
+                        bint many) except -1:
+        # One table of a row step: checks the headers of its arrays (the Python layer validated them;
+        # these checks keep a wrong call from reading out of bounds) and that no other table of the step
+        # names the same param. Errors name the table by its place j in the lists when many.
+        cdef cnp.ndarray param, idx
+        cdef Segment* s
+        cdef int typenum
+        if not 0 <= index < self.k:
+            raise ValueError(f"params{_where(j, many)}: expected 0 <= param < {self.k}, got {index}")
+        if self.named[index] == self.row_calls:
+            raise ValueError(f"params{_where(j, many)}: params[{index}] is named twice in one step")
+        self.named[index] = self.row_calls
+        s = &self.segs[index]
+        param = <cnp.ndarray>self.params[index]
         if (not _same_array(param, s.param, s.size, s.typenum)
                 or (self.states is not None
                     and not _same_array(self.states[index], s.state, s.state_size, s.typenum))):
             self.explain(None)
             raise ValueError(f"params[{index}] changed after set-up")
-        self._reserve(0 if assume_unique else _work_size(k), nthreads * width * (8 if s.is_double else 4))
+        if cnp.PyArray_NDIM(param) != 2:
+            raise ValueError(f"params[{index}]: sparse rows need a 2-D param, got {param.ndim} dimensions")
+        if not cnp.PyArray_Check(indices):
+            raise TypeError(f"indices{_where(j, many)}: expected a numpy.ndarray of int32 or int64")
+        idx = <cnp.ndarray>indices
+        typenum = cnp.PyArray_TYPE(idx)
+        if ((typenum != cnp.NPY_INT32 and typenum != cnp.NPY_INT64) or cnp.PyArray_ISBYTESWAPPED(idx)
+                or cnp.PyArray_NDIM(idx) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(idx)
+                or not cnp.PyArray_ISALIGNED(idx)):
+            raise ValueError(f"indices{_where(j, many)}: expected a contiguous, aligned 1-D array of int32 "
+                             "or int64")
+        t.seg = s
+        t.indices = <const char*>cnp.PyArray_DATA(idx)
+        t.wide = typenum == cnp.NPY_INT64
+        t.k = cnp.PyArray_DIM(idx, 0)
+        t.nrows = cnp.PyArray_DIM(param, 0)
+        t.width = cnp.PyArray_DIM(param, 1)
+        t.unit = t.width * (8 if s.is_double else 4)
+        t.n_rows = 0
+        if not cnp.PyArray_Check(rows):
+            raise TypeError(f"rows{_where(j, many)}: expected a numpy.ndarray, got {type(rows).__name__}")
+        if not _rows_fit(<cnp.ndarray>rows, s.typenum, t.k, t.width):
+            raise ValueError(f"rows{_where(j, many)}: expected a C-contiguous, aligned array of shape "
+                             f"({t.k}, {t.width}) and dtype {param.dtype} (as params[{index}]), "
+                             f"got {rows.dtype} {rows.shape}")
+        t.rows = <const char*>cnp.PyArray_DATA(<cnp.ndarray>rows)
+        return 0
+
+    cdef int _check_row_aliases(self, Py_ssize_t n_tables, tuple indices_list, tuple rows_list,
+                                bint many) except -1:
+        # After every table is set: no table's indices or rows may share memory with a param or state
+        # that the step writes (threads would race; one table at a time, a step would read its own writes).
+        cdef Py_ssize_t j
+        cdef cnp.ndarray idx, grad_rows
+        for j in range(n_tables):
+            idx, grad_rows = <cnp.ndarray>indices_list[j], <cnp.ndarray>rows_list[j]
+            if _overlaps_named(<const char*>cnp.PyArray_DATA(idx), cnp.PyArray_NBYTES(idx), self.ranges,
+                               self.n_ranges, self.named, self.row_calls):
+                raise ValueError(f"indices{_where(j, many)}: shares memory with a param or optimizer state "
+                                 "that the step writes")
+            if _overlaps_named(<const char*>cnp.PyArray_DATA(grad_rows), cnp.PyArray_NBYTES(grad_rows),
+                               self.ranges, self.n_ranges, self.named, self.row_calls):
+                raise ValueError(f"rows{_where(j, many)}: shares memory with a param or optimizer state "
+                                 "that the step writes")
+        return 0
+
+    cdef Py_ssize_t _rows_step(self, int kernel, tuple indices_list, tuple rows_list, tuple params, bint many,
+                               bint assume_unique, const void* args, int num_threads) except -2:
+        # The one sparse-row step, for one table or several: sets and checks every table, groups (or
+        # range-checks) all their indices, and only then writes, in one parallel region. Returns -1 after
+        # the update; else, having written nothing, the position of the first index out of range (one
+        # table) or table + n_tables * position (several).
+        cdef Py_ssize_t n_tables = len(params), j, total, groups_words = 0, max_k = 0, elements = 0
+        cdef Py_ssize_t acc_bytes = 0
+        cdef Py_ssize_t bad[2]
+        cdef RowTable* t
+        cdef int nthreads
+        if len(indices_list) != n_tables or len(rows_list) != n_tables:
+            raise ValueError(f"indices_list, rows_list and params: expected equal lengths, got "
+                             f"{len(indices_list)}, {len(rows_list)} and {n_tables}")
+        self._reserve_rows(n_tables, 0, 0, 0)
+        self.row_calls += 1
+        for j in range(n_tables):
+            t = &self.row_tables[j]
+            self._set_table(t, params[j], indices_list[j], rows_list[j], j, many)
+            groups_words += _groups_size(t.k)
+            max_k = max(max_k, t.k)
+            elements += t.k * t.width
+            acc_bytes = max(acc_bytes, t.unit)
+        self._check_row_aliases(n_tables, indices_list, rows_list, many)
+        nthreads = _threads_for(elements, num_threads)
+        acc_bytes = (acc_bytes + 63) & ~(<Py_ssize_t>63)     # threads' rows on their own cache lines
+        self._reserve_rows(n_tables, 0 if assume_unique else groups_words,
+                           0 if assume_unique else _hash_size(max_k), nthreads * acc_bytes)
         with nogil:
-            if assume_unique:
-                n_rows = k
-                for j in range(k):
-                    v = _read_index(idx_data, wide, j)
-                    if v < 0 or v >= nrows:
-                        n_rows = -(j + 1)
-                        break
-            else:
-                n_rows = _group_rows(idx_data, wide, k, nrows, self.work)
-            if n_rows >= 0:
-                _apply_rows(kernel, s, width, rows_data, idx_data, wide,
-                            NULL if assume_unique else self.work, k, n_rows, self.row_scratch,
-                            nthreads, args)
-        return -1 if n_rows >= 0 else -n_rows - 1
+            total = _prepare_tables(self.row_tables, n_tables, self.row_groups, self.hashing, assume_unique,
+                                    bad)
+            if total >= 0:
+                _apply_rows(kernel, self.row_tables, n_tables, total, nthreads, self.row_scratch, acc_bytes,
+                            args)
+        if total >= 0:
+            return -1
+        return bad[0] + n_tables * bad[1] if many else bad[1]
+
+    cdef Py_ssize_t _adagrad_rows(self, tuple indices_list, tuple rows_list, tuple params, bint many,
+                                  bint assume_unique, double lr, double lr_decay, double weight_decay,
+                                  double eps, bint eps_inside_sqrt, bint maximize, int num_threads) except -2:
+        cdef AdagradArgs a
+        cdef Py_ssize_t bad
+        self._acquire()
+        try:
+            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize)
+            bad = self._rows_step(KERNEL_ADAGRAD, indices_list, rows_list, params, many, assume_unique, &a,
+                                  num_threads)
+            if bad == -1:
+                self.steps += 1
+            return bad
+        finally:
+            PyThread_release_lock(self.lock)
+
+    cdef Py_ssize_t _sgd_rows(self, tuple indices_list, tuple rows_list, tuple params, bint many,
+                              bint assume_unique, double lr, double weight_decay, double momentum,
+                              double dampening, bint nesterov, bint maximize, int num_threads) except -2:
+        cdef SgdArgs a
+        cdef Py_ssize_t bad
+        self._acquire()
+        try:
+            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize)
+            bad = self._rows_step(KERNEL_SGD, indices_list, rows_list, params, many, assume_unique, &a,
+                                  num_threads)
+            if bad == -1:
+                self.steps += 1
+            return bad
+        finally:
+            PyThread_release_lock(self.lock)
 
     def adagrad_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr,
                      double lr_decay, double weight_decay, double eps, bint eps_inside_sqrt,
@@ -349,17 +501,23 @@ cdef class StepEngine:
         Duplicate indices are summed first (unless ``assume_unique``). Returns -1 after the step, or the
         position of the first index out of range, in which case nothing was written.
         """
-        cdef AdagradArgs a
-        cdef Py_ssize_t bad
-        self._acquire()
-        try:
-            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize)
-            bad = self._rows_step(KERNEL_ADAGRAD, index, indices, rows, assume_unique, &a, num_threads)
-            if bad == -1:
-                self.steps += 1
-            return bad
-        finally:
-            PyThread_release_lock(self.lock)
+        return self._adagrad_rows((indices,), (rows,), (index,), False, assume_unique, lr, lr_decay,
+                                  weight_decay, eps, eps_inside_sqrt, maximize, num_threads)
+
+    def adagrad_rows_many(self, indices_list, rows_list, params, bint assume_unique, double lr,
+                          double lr_decay, double weight_decay, double eps, bint eps_inside_sqrt,
+                          bint maximize, int num_threads):
+        """AdaGrad on rows of several 2-D params (tables) at once: one step, one parallel region.
+
+        Table ``j`` is ``params[j]`` (an index into this engine's params, each named once), stepped on the
+        rows ``indices_list[j]`` with gradient rows ``rows_list[j]``, as ``adagrad_rows`` would, with the
+        same ``t = steps + 1`` for every table; ``steps`` advances once. Every table's indices are grouped
+        and checked before any row is written. Returns -1 after the step or, having written nothing,
+        ``table + len(params) * position`` for the first index out of range (the first such table, then
+        its first such position): ``position, table = divmod(result, len(params))``.
+        """
+        return self._adagrad_rows(tuple(indices_list), tuple(rows_list), tuple(params), True, assume_unique,
+                                  lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, num_threads)
 
     def sgd_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr, double weight_decay,
                  double momentum, double dampening, bint nesterov, bint maximize, int num_threads):
@@ -367,15 +525,33 @@ cdef class StepEngine:
 
         Returns -1 after the step, or the position of the first index out of range (nothing written).
         """
-        cdef SgdArgs a
-        cdef Py_ssize_t bad
+        return self._sgd_rows((indices,), (rows,), (index,), False, assume_unique, lr, weight_decay, momentum,
+                              dampening, nesterov, maximize, num_threads)
+
+    def sgd_rows_many(self, indices_list, rows_list, params, bint assume_unique, double lr,
+                      double weight_decay, double momentum, double dampening, bint nesterov, bint maximize,
+                      int num_threads):
+        """SGD on rows of several 2-D params (tables) at once, as ``adagrad_rows_many``.
+
+        Every table takes the momentum rule of step ``t = steps + 1`` (``buf = g`` at the first step);
+        ``steps`` advances once. Returns as ``adagrad_rows_many``.
+        """
+        return self._sgd_rows(tuple(indices_list), tuple(rows_list), tuple(params), True, assume_unique, lr,
+                              weight_decay, momentum, dampening, nesterov, maximize, num_threads)
+
+    def rows_ceiling(self, indices_list, rows_list, params, bint assume_unique, int num_threads):
+        """The ceiling of ``adagrad_rows_many`` (and ``sgd_rows_many``) on the same tables and indices.
+
+        The same grouping and checks, the same row walk, threads and prefetches, reading the same gradient
+        rows (duplicates summed into ``g``) and reading and writing the same param and state rows, with
+        trivial arithmetic: each named row of a param grows by its ``g``; its element-wise state by
+        ``g * g``, or a row-wise state by ``g[0] * g[0]``. Nothing else changes; ``steps`` stays. Not an
+        optimizer step. Returns as ``adagrad_rows_many``.
+        """
         self._acquire()
         try:
-            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize)
-            bad = self._rows_step(KERNEL_SGD, index, indices, rows, assume_unique, &a, num_threads)
-            if bad == -1:
-                self.steps += 1
-            return bad
+            return self._rows_step(KERNEL_CEILING, tuple(indices_list), tuple(rows_list), tuple(params), True,
+                                   assume_unique, NULL, num_threads)
         finally:
             PyThread_release_lock(self.lock)
 

@@ -9,7 +9,7 @@
 # Python functions that read them (set/get_num_threads, has_openmp, cpu_features, data_address).
 include "_platform.pxi"
 # The update rules, each formula once: AdaGrad (element-wise and row-wise), SGD, the lr decay; the
-# ceiling kernel and the non-finite scan.
+# ceiling kernels (dense and sparse rows) and the non-finite scan.
 include "_rules.pxi"
 # The segment table, the one parallel walk over it, thread counts and split points.
 include "_parallel.pxi"

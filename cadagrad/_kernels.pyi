@@ -75,6 +75,42 @@ class StepEngine:
         maximize: bool,
         num_threads: int,
     ) -> int: ...
+    def adagrad_rows_many(
+        self,
+        indices_list: Sequence[np.ndarray],
+        rows_list: Sequence[np.ndarray],
+        params: Sequence[int],
+        assume_unique: bool,
+        lr: float,
+        lr_decay: float,
+        weight_decay: float,
+        eps: float,
+        eps_inside_sqrt: bool,
+        maximize: bool,
+        num_threads: int,
+    ) -> int: ...
+    def sgd_rows_many(
+        self,
+        indices_list: Sequence[np.ndarray],
+        rows_list: Sequence[np.ndarray],
+        params: Sequence[int],
+        assume_unique: bool,
+        lr: float,
+        weight_decay: float,
+        momentum: float,
+        dampening: float,
+        nesterov: bool,
+        maximize: bool,
+        num_threads: int,
+    ) -> int: ...
+    def rows_ceiling(
+        self,
+        indices_list: Sequence[np.ndarray],
+        rows_list: Sequence[np.ndarray],
+        params: Sequence[int],
+        assume_unique: bool,
+        num_threads: int,
+    ) -> int: ...
     def ceiling(self, grads: _Arrays, num_threads: int) -> None: ...
 
 def set_num_threads(n: int) -> None: ...

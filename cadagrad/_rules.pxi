@@ -1,5 +1,5 @@
 # The update rules, each formula once: AdaGrad (element-wise and row-wise), SGD with momentum, the lr
-# decay of AdaGrad; then the ceiling kernel and the non-finite scan. The rules page of the docs
+# decay of AdaGrad; then the ceiling kernels and the non-finite scan. The rules page of the docs
 # (docs/rules.rst) states them, and reference.py holds the same rules in NumPy, in the same operation
 # order; nothing else in the package computes them.
 #
@@ -177,6 +177,16 @@ cdef void _ceiling_span(floating* p, const floating* grad, floating* state, Py_s
         for i in range(n):
             state[i] = state[i] + grad[i] * grad[i]
             p[i] = p[i] + grad[i]
+
+
+cdef void _ceiling_rowwise_row(floating* p, const floating* grad, floating* G, Py_ssize_t n) noexcept nogil:
+    # The ceiling of a row-wise AdaGrad row (sparse steps): its one accumulator read and written (grown
+    # by the square of the row's first gradient element), the row as _ceiling_span without state.
+    cdef Py_ssize_t i
+    if n > 0:
+        G[0] = G[0] + grad[0] * grad[0]
+    for i in range(n):
+        p[i] = p[i] + grad[i]
 
 
 cdef bint _has_nonfinite_span(const floating* grad, Py_ssize_t n) noexcept nogil:
