@@ -1,4 +1,8 @@
-"""The seeds' worked examples: the lesson's accumulator table and the notebook's quadratic."""
+"""The seeds' worked examples: the lesson's accumulator table and the notebook's quadratic.
+
+examples/ddp_adagrad.py needs torchrun and two processes: CI runs it, plain and with --zero, under a time
+limit through tools/run_ddp_example.sh (tests/test_distributed.py covers the same DDP and ZeRO paths).
+"""
 
 from __future__ import annotations
 
