@@ -138,7 +138,7 @@ def main() -> None:
         traceback.clear_frames(exc.__traceback__)   # the traceback would keep train's locals alive
         raise
     finally:
-        gc.collect()        # the first DDP of a process sits in a reference cycle: returning does not free it
+        gc.collect()        # the first DDP of a process can sit in a garbage cycle, which returning leaves
         dist.destroy_process_group()
     if not identical:
         raise SystemExit("parameters differ between ranks")

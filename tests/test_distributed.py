@@ -46,7 +46,7 @@ def destroy_process_group_last() -> None:
     Freed after ``destroy_process_group()``, DDP's reducer would drop the group's last reference while
     holding the GIL, and gloo's teardown can deadlock with a worker thread that needs the GIL. So: free
     what returning left behind first (a traceback on its way up keeps the frames' locals alive; the
-    first DDP of a process sits in a reference cycle), then destroy the group.
+    first DDP of a process can sit in a garbage cycle), then destroy the group.
     """
     exc = sys.exc_info()[1]
     if exc is not None:
