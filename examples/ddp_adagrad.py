@@ -15,8 +15,10 @@ writes a checkpoint in torch's own layout that ``torch.optim.Adagrad`` loads as 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -67,9 +69,12 @@ def make_model() -> torch.nn.Module:
     )
 
 
-def main() -> None:
-    args = parse_args()
-    rank, world_size = init_distributed()
+def train(args: argparse.Namespace, rank: int, world_size: int) -> bool:
+    """Train, check and checkpoint; True if every rank ends with the same parameters.
+
+    DDP's reducer and ``ZeroRedundancyOptimizer`` hold the process group: they are locals here, so they
+    are gone once this returns, before ``main`` destroys the group.
+    """
     model = DistributedDataParallel(make_model())
     if args.zero:
         opt = ZeroRedundancyOptimizer(
@@ -118,11 +123,24 @@ def main() -> None:
         twin = make_model()
         torch.optim.Adagrad(twin.parameters()).load_state_dict(state)
         print("checkpoint loads into torch.optim.Adagrad")
-    # Both ranks leave together: a rank tearing gloo down while its peer still works made the run hang
-    # at exit in about half of the runs on a loaded 2-core machine.
-    dist.barrier()
-    dist.destroy_process_group()
-    if int(same) != world_size:
+    return int(same) == world_size
+
+
+def main() -> None:
+    args = parse_args()
+    rank, world_size = init_distributed()
+    # Teardown order: free everything that holds the process group (DDP model, optimizer) first, then
+    # destroy the group. Freed after destroy_process_group(), DDP's reducer drops the group's last
+    # reference and gloo's teardown can deadlock (the exit hangs).
+    try:
+        identical = train(args, rank, world_size)
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)   # the traceback would keep train's locals alive
+        raise
+    finally:
+        gc.collect()        # the first DDP of a process can sit in a garbage cycle, which returning leaves
+        dist.destroy_process_group()
+    if not identical:
         raise SystemExit("parameters differ between ranks")
 
 

@@ -40,6 +40,22 @@ pytestmark = [
 ]
 
 
+def destroy_process_group_last() -> None:
+    """Destroy the default process group once nothing else holds it; call from a ``finally:`` that
+    follows the code building the DDP models and ZeRO optimizers (as locals of functions that returned).
+
+    Freed after ``destroy_process_group()``, DDP's reducer would drop the group's last reference while
+    holding the GIL, and gloo's teardown can deadlock with a worker thread that needs the GIL. So: free
+    what returning left behind first (a traceback on its way up keeps the frames' locals alive; the
+    first DDP of a process can sit in a garbage cycle), then destroy the group.
+    """
+    exc = sys.exc_info()[1]
+    if exc is not None:
+        traceback.clear_frames(exc.__traceback__)
+    gc.collect()
+    dist.destroy_process_group()
+
+
 def make_model() -> torch.nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -183,8 +199,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         try:
             results = {"ddp": _ddp_run(rank), "zero": _zero_run(rank), "sparse": _sparse_run(rank)}
         finally:
-            gc.collect()       # nothing that holds the process group may outlive it (gloo hangs at exit)
-            dist.destroy_process_group()
+            destroy_process_group_last()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     except BaseException:
         (Path(out_dir) / f"rank{rank}.err").write_text(traceback.format_exc())

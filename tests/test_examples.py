@@ -1,5 +1,9 @@
 """Two worked examples: AdaGrad's accumulator on one parameter fed gradients 10, 9, 11, 10, 10, and SGD
-against AdaGrad on the ill-conditioned quadratic 0.1 * x1**2 + 5 * x2**2, each against plain NumPy."""
+against AdaGrad on the ill-conditioned quadratic 0.1 * x1**2 + 5 * x2**2, each against plain NumPy.
+
+examples/ddp_adagrad.py needs torchrun and two processes: CI runs it, plain and with --zero, under a time
+limit through tools/run_ddp_example.sh (tests/test_distributed.py covers the same DDP and ZeRO paths).
+"""
 
 from __future__ import annotations
 
