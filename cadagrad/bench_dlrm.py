@@ -11,7 +11,11 @@ training step of each in turn (the order alternates), so a noisy neighbour slows
 each optimizer step meets the cache state a real training loop leaves: the forward pass has just read
 the batch's param rows; the state rows are cold. Per thread count and implementation, the optimizer
 step (``opt.step()``) and the whole step (forward, backward and step) are timed separately; the table
-gives medians, the spread (interquartile range over the median) and torch's time over cadagrad's.
+gives medians, the spread (interquartile range over the median) and torch's time over cadagrad's. It
+also gives the ratio of the median CPU times (``time.process_time``, all threads of the process): on a
+loaded machine a step of a few milliseconds is either not preempted or loses a whole time slice of
+another process, so wall-clock medians swing with the load while CPU time stays close to the work done
+(at one thread; with more, spinning OpenMP workers count too).
 
 cadagrad's side is ``cadagrad.torch.Adagrad(model.parameters())`` when it takes sparse grads. Until it
 does, it is :class:`StepRowsAdagrad` (``cadagrad.Adagrad.step_rows`` on NumPy views of the tables, one call
@@ -60,6 +64,7 @@ class Row:
     phase: str             # OPTIMIZER_STEP or WHOLE_STEP
     median: float          # seconds
     spread: float          # interquartile range / median
+    cpu_median: float      # seconds of CPU time (time.process_time), all threads
     samples: int
 
 
@@ -254,7 +259,7 @@ def measure_dlrm(
     for name in impls:
         model = make_model(tables=tables, rows=rows, seed=seed)
         trainers[name] = (model, RowsCeiling(model) if name == CEILING else make_optimizer(name, model))
-    samples: dict[tuple[str, int, str], list[float]] = {
+    samples: dict[tuple[str, int, str], list[tuple[float, float]]] = {
         (name, n, phase): [] for name in impls for n in threads for phase in (OPTIMIZER_STEP, WHOLE_STEP)
     }
     saved = torch.get_num_threads()
@@ -270,28 +275,33 @@ def measure_dlrm(
                     count += 1
                     for name in impls if count % 2 else impls[::-1]:
                         model, opt = trainers[name]
-                        start = time.perf_counter()
+                        start, cpu_start = time.perf_counter(), time.process_time()
                         model.zero_grad(set_to_none=True)
                         loss_fn(forward(model, dense, ids), clicks).backward()
-                        middle = time.perf_counter()
+                        middle, cpu_middle = time.perf_counter(), time.process_time()
                         opt.step()
-                        end = time.perf_counter()
+                        end, cpu_end = time.perf_counter(), time.process_time()
                         if r == 0 and s == 0:
                             continue        # the first step of a thread count allocates state
-                        samples[name, n, OPTIMIZER_STEP].append(end - middle)
-                        samples[name, n, WHOLE_STEP].append(end - start)
+                        samples[name, n, OPTIMIZER_STEP].append((end - middle, cpu_end - cpu_middle))
+                        samples[name, n, WHOLE_STEP].append((end - start, cpu_end - cpu_start))
     finally:
         torch.set_num_threads(saved)
         set_num_threads(None)
     case = f"{tables} x {rows} x {WIDTH}, batch {batch}"
-    return [
-        Row(case, name, n, phase, statistics.median(times), _spread(times), len(times))
-        for (name, n, phase), times in samples.items()
-    ]
+    out = []
+    for (name, n, phase), pairs in samples.items():
+        wall, cpu = [w for w, _ in pairs], [c for _, c in pairs]
+        out.append(Row(case, name, n, phase, statistics.median(wall), _spread(wall), statistics.median(cpu),
+                       len(pairs)))
+    return out
 
 
 def _format_time(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g} ms"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-6:.3g} us"
 
 
 def format_dlrm_table(rows: list[Row]) -> str:
@@ -301,7 +311,7 @@ def format_dlrm_table(rows: list[Row]) -> str:
     by_key = {(r.implementation, r.threads, r.phase): r for r in rows}
     ours = STEP_ROWS if any(r.implementation == STEP_ROWS for r in rows) else CADAGRAD
     header = [f"dlrm {rows[0].case}", "threads", "torch", "(spread)",
-              "cadagrad", "(spread)", "x torch", "vs ceiling"]
+              "cadagrad", "(spread)", "x torch", "x torch CPU", "vs ceiling"]
     table = [header]
     for n in sorted({r.threads for r in rows}):
         for phase in (OPTIMIZER_STEP, WHOLE_STEP):
@@ -311,7 +321,7 @@ def format_dlrm_table(rows: list[Row]) -> str:
             ceiling = by_key.get((CEILING, n, phase)) if phase == OPTIMIZER_STEP else None
             table.append([
                 phase, str(n), _format_time(t.median), f"{t.spread:.0%}", _format_time(c.median),
-                f"{c.spread:.0%}", f"{t.median / c.median:.2f}",
+                f"{c.spread:.0%}", f"{t.median / c.median:.2f}", f"{t.cpu_median / c.cpu_median:.2f}",
                 f"{ceiling.median / c.median:.2f}" if ceiling is not None else "-",
             ])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
