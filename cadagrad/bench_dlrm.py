@@ -180,9 +180,10 @@ def make_optimizer(implementation: str, model: Any, lr: float = LR) -> Any:
 class RowsCeiling:
     """The same-rows ceiling as an optimizer: ``step()`` moves a row step's bytes, with trivial arithmetic.
 
-    Tables go through ``StepEngine.ceiling_rows(index, indices, rows, num_threads)``, dense params
-    through ``StepEngine.ceiling(grads, num_threads)``, each on its own zeroed state buffers. It
-    changes the params (adds the grads): time it on a copy of the model that nothing else uses.
+    Tables go through ``StepEngine.ceiling_rows(index, indices, rows, assume_unique, num_threads)`` (the
+    row walk of ``adagrad_rows``, grouping included, with the ceiling's additions), dense params through
+    ``StepEngine.ceiling(grads, num_threads)``, each on its own zeroed state buffers. It changes the
+    params (adds the grads): time it on a copy of the model that nothing else uses.
     """
 
     def __init__(self, model: Any) -> None:
@@ -200,7 +201,7 @@ class RowsCeiling:
     def step(self) -> None:
         threads = get_num_threads()
         for i, p in enumerate(self.tables):
-            self.rows.ceiling_rows(i, p.grad._indices()[0].numpy(), p.grad._values().numpy(), threads)
+            self.rows.ceiling_rows(i, p.grad._indices()[0].numpy(), p.grad._values().numpy(), False, threads)
         self.dense_engine.ceiling([p.grad.numpy() for p in self.dense], threads)
 
 
@@ -311,7 +312,7 @@ def format_dlrm_table(rows: list[Row]) -> str:
     by_key = {(r.implementation, r.threads, r.phase): r for r in rows}
     ours = STEP_ROWS if any(r.implementation == STEP_ROWS for r in rows) else CADAGRAD
     header = [f"dlrm {rows[0].case}", "threads", "torch", "(spread)",
-              "cadagrad", "(spread)", "x torch", "x torch CPU", "vs ceiling"]
+              "cadagrad", "(spread)", "x torch", "x torch CPU", "vs ceiling", "vs ceiling CPU"]
     table = [header]
     for n in sorted({r.threads for r in rows}):
         for phase in (OPTIMIZER_STEP, WHOLE_STEP):
@@ -323,6 +324,7 @@ def format_dlrm_table(rows: list[Row]) -> str:
                 phase, str(n), _format_time(t.median), f"{t.spread:.0%}", _format_time(c.median),
                 f"{c.spread:.0%}", f"{t.median / c.median:.2f}", f"{t.cpu_median / c.cpu_median:.2f}",
                 f"{ceiling.median / c.median:.2f}" if ceiling is not None else "-",
+                f"{ceiling.cpu_median / c.cpu_median:.2f}" if ceiling is not None else "-",
             ])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |" for line in table]
