@@ -215,6 +215,8 @@ def _set_threads(n: int) -> None:
 
 
 def _spread(samples: list[float]) -> float:
+    if len(samples) < 2:
+        return 0.0
     q1, _, q3 = statistics.quantiles(samples, n=4)
     return (q3 - q1) / statistics.median(samples)
 
