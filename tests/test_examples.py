@@ -87,7 +87,7 @@ def loss_columns(output: str) -> dict[str, list[float]]:
 
 
 def test_dlrm_example_trains_with_both_optimizers_and_the_loss_decreases():
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="the dlrm example trains a torch model")
     import cadagrad.torch
     script = EXAMPLES / "dlrm_adagrad.py"
     if not script.exists():
