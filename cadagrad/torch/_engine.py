@@ -1,0 +1,555 @@
+"""What cadagrad.torch's optimizers share: tensors to engine arrays, step plans and cohorts, checks, and
+the base class that runs a step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch.optim import Optimizer
+
+from .. import _checks
+from .._kernels import StepEngine, data_address
+from ..optim import _state_like
+
+ParamsT = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def scalar(value: object) -> object:
+    """A hyperparameter as a Python number (PyTorch allows 1-element tensors for ``lr``)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"expected a 1-element tensor, got shape {tuple(value.shape)}")
+        return value.item()
+    return value
+
+
+def _version_bumper() -> Callable[[list[torch.Tensor]], None]:
+    """How to tell autograd that a step wrote params in place (as ``param.add_`` would), so that a graph
+    saved before the step fails its backward instead of silently using the new values."""
+    bump = torch._C._increment_version
+    try:
+        bump([])                                 # torch >= 2.2: one call for a list of tensors
+        return bump
+    except TypeError:
+        return lambda tensors: [bump(t) for t in tensors]
+
+
+increment_version = _version_bumper()
+
+
+def step_dtype() -> torch.dtype:
+    # torch.optim's _get_scalar_dtype(): float64 steps only under a float64 default dtype.
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def check_tensor(t: object, name: str) -> torch.Tensor:
+    """Raise unless ``t`` is a CPU, dense, C-contiguous float32/float64 tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(
+            f"{name}: expected a CPU tensor, got one on {t.device}; cadagrad steps CPU memory "
+            "(keep the optimizer's params and state on the CPU, ZeRO-Offload style)"
+        )
+    if t.layout != torch.strided:
+        raise ValueError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype torch.float32 or torch.float64, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(
+            f"{name}: expected a contiguous tensor, got shape {tuple(t.shape)} with strides {t.stride()}"
+        )
+    return t
+
+
+def as_array(t: torch.Tensor, name: str, *, writable: bool) -> np.ndarray:
+    """The NumPy view of a checked tensor (no copy)."""
+    check_tensor(t, name)
+    try:
+        array = t.detach().numpy()
+    except (RuntimeError, TypeError) as exc:   # e.g. a tensor with its negative bit set
+        raise ValueError(f"{name}: cannot be viewed as a NumPy array ({exc})") from None
+    return _checks.check_float_array(array, name, writable=writable)
+
+
+def state_shape(shape: tuple[int, ...], rowwise: bool) -> tuple[int, ...]:
+    """The shape of a param's AdaGrad state: the param's, or one value per row with ``rowwise``."""
+    return shape[:1] if rowwise else shape
+
+
+def rows_view(array: np.ndarray) -> np.ndarray:
+    """A param (or its state) as a table of rows: shape (V, D) for (V, ...) (D = 1 for a 1-D param)."""
+    width = 1
+    for n in array.shape[1:]:
+        width *= n
+    return array.reshape(array.shape[0], width)
+
+
+def check_disjoint(tensors: list[torch.Tensor], labels: list[str]) -> None:
+    """Params stepped in one parallel region must not share memory."""
+    spans = sorted(
+        (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(tensors)
+    )
+    for (a0, a1, i), (b0, b1, j) in zip(spans, spans[1:]):
+        if b0 < a1 and a0 != a1 and b0 != b1:
+            first, second = sorted((i, j))
+            raise ValueError(
+                f"{labels[second]}: shares memory with {labels[first]}; "
+                "params stepped together must not overlap"
+            )
+
+
+class _Explainer:
+    """Says why a step's grad arrays do not fit a cohort (the engine calls it; it owns no engine)."""
+
+    __slots__ = ("tensors", "labels", "arrays", "states")
+
+    def __init__(self, tensors: list[torch.Tensor], labels: list[str], arrays: list[np.ndarray],
+                 states: list[np.ndarray] | None) -> None:
+        self.tensors, self.labels, self.arrays, self.states = tensors, labels, arrays, states
+
+    def __call__(self, grads: object) -> None:
+        for i, (tensor, label, array) in enumerate(zip(self.tensors, self.labels, self.arrays)):
+            check_tensor(tensor, label)
+            if tensor.data_ptr() != array.ctypes.data:
+                raise RuntimeError(f"{label}: its storage moved during the step")
+            grad = tensor.grad
+            if grad is not None:
+                check_tensor(grad, f"{label}.grad")
+            if isinstance(grads, list) and i < len(grads):
+                _checks.check_like(grads[i], array, f"{label}.grad", label, writable=False)
+        _checks.check_grads(grads, self.arrays, False, self.states)
+        raise RuntimeError("the grads do not fit the params")   # not reached: the checks above raise
+
+
+class Cohort:
+    """Params of one group that step together: one engine, one kernel call per step."""
+
+    __slots__ = ("positions", "tensors", "labels", "arrays", "states", "explain", "engine", "steps", "first")
+
+    def __init__(self, positions: list[int], tensors: list[torch.Tensor], labels: list[str],
+                 states: list[np.ndarray] | None, steps: int, first: bool = False,
+                 rowwise: bool = False) -> None:
+        self.positions = positions       # indices into the plan's list of params with a dense grad
+        self.tensors = tensors
+        self.labels = labels
+        check_disjoint(tensors, labels)
+        self.arrays = [as_array(t, label, writable=True) for t, label in zip(tensors, labels)]
+        if states is not None:
+            _check_states(self.arrays, states, labels, rowwise)
+        self.states = states
+        self.explain = _Explainer(tensors, labels, self.arrays, states)
+        widths = [a.shape[1] for a in self.arrays] if rowwise else None
+        self.engine = StepEngine(self.arrays, states, False, self.explain, steps, widths)
+        self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the params' "step" tensors
+        self.first = first                     # SGD: momentum buffers not in ``state`` until stepped
+
+
+def _check_states(arrays: list[np.ndarray], states: list[np.ndarray], labels: list[str],
+                  rowwise: bool) -> None:
+    # The kernels trust these: a wrong size would be written out of bounds.
+    for array, state, label in zip(arrays, states, labels):
+        name = f"state of {label}"
+        _checks.check_float_array(state, name, writable=True)
+        expected = state_shape(array.shape, rowwise)
+        if state.dtype != array.dtype or state.shape != expected:
+            raise ValueError(
+                f"{name}: expected {array.dtype} of shape {expected}, got {state.dtype} {state.shape}"
+            )
+
+
+class Tables:
+    """The params of one group whose grads are sparse COO rows (embedding tables): one engine over them
+    all, as (V, D) row views; each table steps by its own row-kernel call on its grad's indices and values.
+    """
+
+    __slots__ = ("tensors", "labels", "arrays", "states", "shapes", "dtypes", "spans", "engine", "steps",
+                 "first", "zeros")
+
+    def __init__(self, tensors: list[torch.Tensor], labels: list[str], states: list[np.ndarray] | None,
+                 rowwise: bool = False) -> None:
+        check_disjoint(tensors, labels)
+        arrays = [as_array(t, label, writable=True) for t, label in zip(tensors, labels)]
+        if rowwise:
+            for array, label in zip(arrays, labels):
+                if array.ndim != 2 or array.shape[1] == 0:
+                    raise ValueError(
+                        f"{label}: rowwise needs a 2-D param (rows, columns >= 1), got {array.shape}"
+                    )
+        if states is not None:
+            _check_states(arrays, states, labels, rowwise)
+            states = [s if rowwise else rows_view(s) for s in states]
+        self.tensors = tensors
+        self.labels = labels
+        self.arrays = [rows_view(a) for a in arrays]
+        self.states = states
+        self.shapes = [t.shape for t in tensors]
+        self.dtypes = [t.dtype for t in tensors]
+        # What a step writes, per table: the grad's values must not overlap it.
+        self.spans = [[(data_address(a), data_address(a) + a.nbytes)] for a in self.arrays]
+        for spans, state in zip(self.spans, states or []):
+            spans.append((data_address(state), data_address(state) + state.nbytes))
+        widths = [a.shape[1] for a in self.arrays] if rowwise else None
+        self.engine = StepEngine(self.arrays, states, False, self._explain, 0, widths)
+        self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the tables' "step" tensors
+        self.first: list[bool] = []            # SGD: whether a table's momentum buffer is not in state yet
+        self.zeros: list[np.ndarray | None] = []  # SGD: zero grad rows for the rows that are not named
+
+    def _explain(self, grads: object) -> None:
+        for tensor, label, array in zip(self.tensors, self.labels, self.arrays):
+            check_tensor(tensor, label)
+            if tensor.data_ptr() != data_address(array):
+                raise RuntimeError(f"{label}: its storage moved during the step")
+        raise RuntimeError("a table or its state changed during the step")
+
+    def rows(self, j: int, grad: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The indices (k,) and rows (k, D) of table ``j``'s sparse grad as the row kernels take them:
+        views of ``grad._indices()[0]`` and ``grad._values()``, no coalesce (checked, not range-checked)."""
+        label = self.labels[j]
+        if grad.layout is not torch.sparse_coo:
+            raise ValueError(
+                f"{label}.grad: expected a dense (strided) or sparse COO tensor, got layout {grad.layout} "
+                "(convert it with .to_sparse_coo())"
+            )
+        if grad.shape != self.shapes[j]:
+            raise ValueError(
+                f"{label}.grad: expected shape {tuple(self.shapes[j])} (as the param), "
+                f"got {tuple(grad.shape)}"
+            )
+        if grad.sparse_dim() != 1:
+            raise ValueError(
+                f"{label}.grad: expected a sparse COO tensor with one sparse dim (rows, as "
+                f"nn.Embedding(sparse=True) gives), got {grad.sparse_dim()} sparse dims"
+            )
+        array = self.arrays[j]
+        try:
+            indices = grad._indices().numpy()[0]
+            values = grad._values().numpy()
+        except (RuntimeError, TypeError):
+            indices, values = self._slow_rows(j, grad)
+        if values.dtype != array.dtype:
+            raise TypeError(
+                f"{label}.grad: expected values of dtype {self.dtypes[j]} (as the param), got {grad.dtype}"
+            )
+        if indices.dtype != np.int64:
+            raise TypeError(f"{label}.grad: expected int64 indices, got {indices.dtype}")
+        if not indices.flags.c_contiguous:
+            indices = np.ascontiguousarray(indices)
+        if not values.flags.c_contiguous:
+            values = np.ascontiguousarray(values)
+        k, width = indices.shape[0], array.shape[1]
+        if values.ndim != 2 or values.shape[1] != width:
+            if values.size != k * width or values.shape[:1] != (k,):
+                raise ValueError(
+                    f"{label}.grad: expected values of shape {(k, *self.shapes[j][1:])}, got {values.shape}"
+                )
+            values = values.reshape(k, width)
+        if values.nbytes:
+            start = data_address(values)
+            end = start + values.nbytes
+            for lo, hi in self.spans[j]:
+                if start < hi and lo < end and lo != hi:
+                    raise ValueError(f"{label}.grad: its values share memory with the param or its state")
+        return indices, values
+
+    def _slow_rows(self, j: int, grad: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        # Names what stops the fast view: another device, a dtype NumPy lacks; or views a grad that
+        # requires grad (create_graph=True).
+        label = self.labels[j]
+        if grad.device.type != "cpu":
+            raise ValueError(f"{label}.grad: expected a CPU tensor, got one on {grad.device}")
+        values = grad._values().detach()
+        if values.dtype != self.dtypes[j]:
+            raise TypeError(
+                f"{label}.grad: expected values of dtype {self.dtypes[j]} (as the param), got {values.dtype}"
+            )
+        return grad._indices().detach().numpy()[0], values.resolve_neg().numpy()
+
+    def check_range(self, j: int, indices: np.ndarray) -> None:
+        """Raise unless every index of table ``j`` is in ``[0, V)`` (for tables that step after another
+        kernel has written: the row kernel checks its own indices before it writes, but only its own)."""
+        nrows = self.arrays[j].shape[0]
+        if indices.size and (indices.min() < 0 or indices.max() >= nrows):
+            raise self.out_of_range(j, indices, int(np.flatnonzero((indices < 0) | (indices >= nrows))[0]))
+
+    def out_of_range(self, j: int, indices: np.ndarray, position: int) -> ValueError:
+        """The error for the index at ``position`` of table ``j``'s grad."""
+        return ValueError(
+            f"{self.labels[j]}.grad: index {int(indices[position])} (position {position} of its indices) is "
+            f"out of range for a param of {self.arrays[j].shape[0]} rows; nothing was written"
+        )
+
+
+class Plan:
+    """The engines of one param group, valid while its params, grads and state stay the same."""
+
+    __slots__ = ("group", "params", "kinds", "ptrs", "dicts", "entries", "steps", "cohorts", "tables", "flag")
+
+    def __init__(self, group: dict, params: list[torch.Tensor], kinds: list[bool], flag: object) -> None:
+        self.group = group
+        self.params = params
+        self.kinds = kinds                     # per param: whether its grad is sparse (not strided)
+        self.ptrs = [p.data_ptr() for p in params]
+        self.dicts: list[dict | None] = []     # state[p] as found at build time
+        self.entries: list[object] = []        # state[p][key] as found at build time
+        self.steps: list[object] | None = None  # AdaGrad: state[p]["step"] as set at build time
+        self.cohorts: list[Cohort] = []        # the params with a dense grad
+        self.tables: Tables | None = None      # the params with a sparse grad
+        self.flag = flag                       # what the state layout depends on (rowwise, momentum)
+
+    def split(self) -> tuple[list[int], list[int]]:
+        """Positions (into ``params``) of the params with a dense grad and of those with a sparse one."""
+        dense = [i for i, sparse in enumerate(self.kinds) if not sparse]
+        return dense, [i for i, sparse in enumerate(self.kinds) if sparse]
+
+
+class EngineOptimizer(Optimizer):
+    """What the adapters share: param checks, engine plans, grad views, ``__setstate__``."""
+
+    _state_key: str
+    _extra_defaults: dict[str, Any] = {
+        "foreach": None, "maximize": False, "differentiable": False, "fused": None,
+    }
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any], num_threads: int | None) -> None:
+        if defaults.get("differentiable"):
+            raise ValueError(
+                f"differentiable: {type(self).__name__} steps outside autograd and cannot be differentiated "
+                "through; use torch.optim for differentiable=True"
+            )
+        if defaults.get("fused") and defaults.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        self._num_threads = _checks.check_num_threads(num_threads) or None
+        self._reset_engines()
+        super().__init__(params, defaults)
+
+    # -- construction and (re)loading -----------------------------------------------------------------
+
+    def _reset_engines(self) -> None:
+        self._plans: dict[int, Plan] = {}
+        self._owned: dict[torch.Tensor, tuple[torch.Tensor, np.ndarray]] = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group (as :meth:`torch.optim.Optimizer.add_param_group`), checking its tensors.
+
+        Raises
+        ------
+        ValueError, TypeError
+            If a param is not a CPU, dense, contiguous float32/float64 tensor; the group is not added.
+        """
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        index = len(self.param_groups) - 1
+        try:
+            if group.get("differentiable"):
+                raise ValueError(f"param_groups[{index}]['differentiable']: True is not supported")
+            for j, p in enumerate(group["params"]):
+                check_tensor(p, f"param_groups[{index}]['params'][{j}]")
+            self._check_group(index, group)
+        except (ValueError, TypeError):
+            self.param_groups.pop()
+            raise
+
+    def _check_group(self, index: int, group: dict) -> None:
+        """Subclasses refuse params that a group's options cannot step (checked when a group is added)."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            # Groups from torch.optim's checkpoints lack cadagrad's options: the constructor's values.
+            for name, value in self._extra_defaults.items():
+                group.setdefault(name, self.defaults.get(name, value))
+        # load_state_dict and unpickling land here: the state tensors are new, so the engines go.
+        if "_num_threads" not in self.__dict__:
+            self._num_threads = None
+        self._reset_engines()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_num_threads"] = self._num_threads
+        return state
+
+    @property
+    def num_threads(self) -> int | None:
+        """Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: int | None) -> None:
+        self._num_threads = _checks.check_num_threads(value) or None
+
+    # -- state buffers ------------------------------------------------------------------------------
+
+    def _new_state(self, p: torch.Tensor, value: float, rowwise: bool = False) -> torch.Tensor:
+        """A cadagrad-owned state buffer for ``p`` (zero-copy tensor view), filled with ``value``; with
+        ``rowwise``, one value per row."""
+        array = _state_like(p.detach().numpy(), state_shape(tuple(p.shape), rowwise), value)
+        tensor = torch.from_numpy(array)
+        self._owned[p] = (tensor, array)
+        return tensor
+
+    def _state_array(self, p: torch.Tensor, found: object, label: str,
+                     rowwise: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+        """The buffer behind ``state[p][key]``: ours as is, anything else copied into a buffer of ours
+        (torch.optim.SGD's sparse momentum buffers too)."""
+        shape = state_shape(tuple(p.shape), rowwise)
+        owned = self._owned.get(p)
+        if owned is not None and owned[0] is found:
+            array = owned[1]
+            if array.shape == shape and array.dtype == p.detach().numpy().dtype:
+                return owned      # (a param whose dtype changed, by ``module.double()``, gets a new one)
+        name = f"state of {label}[{self._state_key!r}]"
+        if not isinstance(found, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(found).__name__}")
+        if tuple(found.shape) != shape:
+            what = "one value per row (rowwise)" if rowwise else "as the param"
+            raise ValueError(f"{name}: expected shape {shape} ({what}), got {tuple(found.shape)}")
+        if found.layout == torch.sparse_coo and not found.is_complex():
+            found = found.to_dense()
+        if found.is_complex() or found.layout != torch.strided:
+            raise TypeError(f"{name}: expected a dense real tensor, got {found.dtype}, {found.layout}")
+        tensor = self._new_state(p, 0.0, rowwise)
+        with torch.no_grad():
+            tensor.copy_(found.detach())
+        return self._owned[p]
+
+    # -- the step ---------------------------------------------------------------------------------------
+
+    def _plan_fits(self, plan: Plan, with_grad: list[torch.Tensor], kinds: list[bool]) -> bool:
+        if len(with_grad) != len(plan.params) or kinds != plan.kinds:
+            return False
+        key = self._state_key
+        get = self.state.get
+        if plan.steps is not None:
+            for p, q, ptr, d, entry, step in zip(
+                with_grad, plan.params, plan.ptrs, plan.dicts, plan.entries, plan.steps
+            ):
+                if p is not q or p.data_ptr() != ptr:
+                    return False
+                found = get(p)
+                if found is not d or found.get(key) is not entry or found.get("step") is not step:
+                    return False
+        elif plan.flag:
+            for p, q, ptr, d, entry in zip(with_grad, plan.params, plan.ptrs, plan.dicts, plan.entries):
+                if p is not q or p.data_ptr() != ptr:
+                    return False
+                found = get(p)
+                if found is not d or found.get(key) is not entry:
+                    return False
+        else:
+            for p, q, ptr in zip(with_grad, plan.params, plan.ptrs):
+                if p is not q or p.data_ptr() != ptr:
+                    return False
+        return True
+
+    def _labels(self, index: int, group: dict, with_grad: list[torch.Tensor]) -> list[str]:
+        where = {id(p): j for j, p in enumerate(group["params"])}
+        return [f"param_groups[{index}]['params'][{where[id(p)]}]" for p in with_grad]
+
+    def _grad_arrays(self, plan: Plan, grads: list[torch.Tensor]) -> list[np.ndarray]:
+        if not grads:
+            return []
+        try:
+            return [g.numpy() for g in grads]
+        except (RuntimeError, TypeError):
+            pass
+        # The slow path names the bad grad, or views grads that require grad (create_graph=True).
+        arrays = []
+        for cohort in plan.cohorts:
+            for position, label in zip(cohort.positions, cohort.labels):
+                arrays.append((position, as_array(grads[position], f"{label}.grad", writable=False)))
+        arrays.sort(key=lambda item: item[0])
+        return [array for _, array in arrays]
+
+    def _prepare(self, index: int, group: dict) -> tuple[Plan, list[np.ndarray], list[tuple]] | None:
+        """The plan of a group and its grads as arrays: dense ones, and (indices, rows) of sparse ones."""
+        with_grad, grads, kinds = [], [], []
+        strided = torch.strided
+        for p in group["params"]:
+            g = p.grad
+            if g is not None:
+                with_grad.append(p)
+                grads.append(g)
+                kinds.append(g.layout is not strided)
+        if not with_grad:
+            return None
+        flag = self._structure(group)
+        plan = self._plans.get(index)
+        if (plan is None or plan.group is not group or plan.flag != flag
+                or not self._plan_fits(plan, with_grad, kinds)):
+            self._plans.pop(index, None)
+            plan = self._build_plan(index, group, with_grad, kinds, flag)
+            self._plans[index] = plan
+        if plan.tables is None:
+            return plan, self._grad_arrays(plan, grads), []
+        dense = [g for g, sparse in zip(grads, kinds) if not sparse]
+        rows = plan.tables.rows
+        sparse = [rows(j, g) for j, g in enumerate(g for g, sparse in zip(grads, kinds) if sparse)]
+        return plan, self._grad_arrays(plan, dense), sparse
+
+    def _cohort_grads(self, plan: Plan, cohort: Cohort, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return arrays if len(plan.cohorts) == 1 else [arrays[i] for i in cohort.positions]
+
+    @staticmethod
+    def _precheck(plan: Plan, arrays: list[np.ndarray]) -> None:
+        # A step of several engines checks every grad first, so that none writes unless all fit; one
+        # engine checks its grads itself (in C) before it writes anything.
+        for cohort in plan.cohorts:
+            for position, param in zip(cohort.positions, cohort.arrays):
+                a = arrays[position]
+                if a.dtype != param.dtype or a.shape != param.shape or not a.flags.c_contiguous:
+                    cohort.explain([arrays[i] for i in cohort.positions])
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Take one step on every param with a grad; see the class docstring for the rule.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (run with grad enabled).
+
+        Returns
+        -------
+        loss : object
+            What ``closure`` returned, or None without a closure.
+
+        Raises
+        ------
+        ValueError, TypeError
+            For a param that is not a CPU, dense, contiguous float32/float64 tensor, a grad that is neither
+            such a tensor nor a sparse COO tensor with one sparse dim of the param's shape and dtype, an
+            index out of range, or a bad hyperparameter; raised before anything is written.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for index, group in enumerate(self.param_groups):
+            hyper = self._hyperparameters(index, group)
+            prepared = self._prepare(index, group)
+            if prepared is not None:
+                work.append((hyper, *prepared))
+        sparse = [(plan.tables, rows) for _, plan, _, rows in work if rows]
+        if sparse or len(work) > 1 or any(len(plan.cohorts) > 1 for _, plan, _, _ in work):
+            for _, plan, arrays, _ in work:
+                self._precheck(plan, arrays)
+        # Sparse tables step first: the first one checks its own indices before it writes; the others'
+        # are checked here, so that a bad index anywhere leaves everything as it was.
+        for n, (tables, rows) in enumerate(sparse):
+            for j, (indices, _) in enumerate(rows):
+                if n or j:
+                    tables.check_range(j, indices)
+        threads = self._num_threads or 0
+        for hyper, plan, _, rows in work:
+            if rows:
+                self._run_tables(plan, rows, hyper, threads)
+        for hyper, plan, arrays, _ in work:
+            if arrays:
+                self._run(plan, arrays, hyper, threads)
+        return loss

@@ -1,0 +1,265 @@
+"""``cadagrad.torch.Adagrad``: a drop-in for ``torch.optim.Adagrad``, sparse embedding grads included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import _checks
+from ._engine import (
+    Cohort,
+    EngineOptimizer,
+    ParamsT,
+    Plan,
+    Tables,
+    check_tensor,
+    increment_version,
+    scalar,
+    step_dtype,
+)
+
+__all__ = ["Adagrad"]
+
+
+class Adagrad(EngineOptimizer):
+    r"""AdaGrad for CPU float32/float64 tensors, stepped in place by cadagrad's kernels.
+
+    A drop-in for :class:`torch.optim.Adagrad` (same arguments, param groups, ``state[p]["sum"]`` and
+    ``state[p]["step"]``, ``state_dict`` layout). At step ``t`` of a param (1-based, its own count), for
+    every element, in this order and in the tensor's dtype::
+
+        g   = -grad if maximize else grad
+        g   = g + weight_decay * p                   (only if weight_decay != 0)
+        clr = lr / (1 + (t - 1) * lr_decay)          (in double, then cast)
+        G   = G + g * g
+        d   = sqrt(G) + eps    or, with eps_inside_sqrt,    sqrt(G + eps)
+        p   = p - (clr * g) / d
+
+    PyTorch computes ``G`` with a fused multiply-add, so results agree within a tolerance, not bitwise.
+
+    **Sparse grads** (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: COO tensors with one
+    sparse dim, uncoalesced, duplicates, any nnz) update only the rows they name, as torch.optim does.
+    The row kernel reads ``grad._indices()[0]`` and ``grad._values()`` as they are (no coalesce, no
+    ``sparse_mask``, nothing of the table's size), sums duplicate rows from zero in order of appearance,
+    then applies the rule above once per distinct row: bit for bit ``cadagrad.reference.Adagrad.step_rows``
+    on those indices and values, O(nnz x D) whatever the number of rows. Every option works with sparse
+    grads; ``weight_decay`` then decays the named rows only (torch.optim refuses weight decay with sparse
+    grads). A param whose grad is sparse at one step and dense at another is fine.
+
+    **Row-wise AdaGrad** (``rowwise=True``, FBGEMM's rule, for 2-D params): one accumulator per row,
+    ``G_row = G_row + mean(g_row * g_row)`` (summed left to right) and ``sqrt(G_row)`` for every element of
+    the row. ``state[p]["sum"]`` then has shape ``(V,)`` for a ``(V, D)`` param: D times less memory, a
+    layout torch.optim.Adagrad cannot load (and a full ``(V, D)`` sum cannot be loaded into a row-wise group).
+
+    Parameters
+    ----------
+    params : iterable of Tensor, of dict, or of (name, Tensor)
+        CPU, dense, contiguous float32/float64 tensors, or param groups (dicts with ``"params"`` and
+        per-group hyperparameters), as for :class:`torch.optim.Optimizer`.
+    lr : float or 1-element Tensor, default 0.01
+        Learning rate; read from ``param_groups`` at every step (schedulers may change it).
+    lr_decay : float, default 0
+        Learning-rate decay.
+    weight_decay : float, default 0
+        Coupled L2 penalty added to the gradient (of the named rows only, for a sparse grad).
+    initial_accumulator_value : float, default 0
+        Start value of ``G`` (a group's own value applies to its params).
+    eps : float, default 1e-10
+        Added to ``sqrt(G)``, or to ``G`` under the root with ``eps_inside_sqrt``.
+    foreach : bool or None, default None
+        Accepted for compatibility and stored; changes nothing (the step is one multi-tensor kernel).
+    maximize : bool, default False
+        Ascend instead of descend.
+    differentiable : bool, default False
+        Must be False: the step runs outside autograd.
+    fused : bool or None, default None
+        Accepted for compatibility and stored; changes nothing.
+    eps_inside_sqrt : bool, default False
+        ``sqrt(G + eps)`` (Keras 3, optax) instead of ``sqrt(G) + eps`` (PyTorch). Not a torch.optim option.
+    rowwise : bool, default False
+        Row-wise AdaGrad (above); every param of the group must be 2-D. Fixed by the state's layout.
+    num_threads : int or None, default None
+        Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
+
+    Examples
+    --------
+    >>> import torch, cadagrad.torch
+    >>> model = torch.nn.Linear(4, 1)
+    >>> opt = cadagrad.torch.Adagrad(model.parameters(), lr=0.1)
+    >>> model(torch.ones(2, 4)).sum().backward()
+    >>> opt.step()
+    >>> opt.zero_grad()
+
+    An embedding table with sparse grads, beside dense params in the same optimizer:
+
+    >>> bag = torch.nn.EmbeddingBag(1000, 16, mode="sum", sparse=True)
+    >>> head = torch.nn.Linear(16, 1)
+    >>> opt = cadagrad.torch.Adagrad([*bag.parameters(), *head.parameters()], lr=0.1)
+    >>> head(bag(torch.tensor([[3, 7, 7], [999, 0, 3]]))).sum().backward()
+    >>> opt.step()
+    """
+
+    _state_key = "sum"
+    _extra_defaults: dict[str, Any] = {
+        **EngineOptimizer._extra_defaults, "eps_inside_sqrt": False, "rowwise": False,
+    }
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = _checks.ADAGRAD_LR,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = _checks.ADAGRAD_EPS,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        eps_inside_sqrt: bool = False,
+        rowwise: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        _checks.adagrad_hyperparameters(
+            lr=scalar(lr), lr_decay=lr_decay, weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value, eps=eps, eps_inside_sqrt=eps_inside_sqrt,
+            maximize=maximize, rowwise=rowwise,
+        )
+        defaults = {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
+            "eps_inside_sqrt": eps_inside_sqrt,
+            "rowwise": rowwise,
+        }
+        super().__init__(params, defaults, num_threads)
+        # As torch.optim.Adagrad: every param has a state from the start (step 0, sum filled).
+        dtype = step_dtype()
+        for group in self.param_groups:
+            init = _checks.check_number(group["initial_accumulator_value"], "initial_accumulator_value")
+            for p in group["params"]:
+                state = self.state[p]
+                state["step"] = torch.tensor(0.0, dtype=dtype)
+                state["sum"] = self._new_state(p, init, group["rowwise"])
+
+    def _check_group(self, index: int, group: dict) -> None:
+        rowwise = _checks.check_flag(group.get("rowwise", False), f"param_groups[{index}]['rowwise']")
+        for j, p in enumerate(group["params"]):
+            if rowwise and (p.dim() != 2 or p.shape[1] == 0):
+                raise ValueError(
+                    f"param_groups[{index}]['params'][{j}]: rowwise=True needs 2-D params "
+                    f"(rows, columns >= 1), got shape {tuple(p.shape)}"
+                )
+
+    def _structure(self, group: dict) -> object:
+        return bool(group["rowwise"])
+
+    def _hyperparameters(self, index: int, group: dict) -> tuple:
+        if group.get("differentiable"):
+            raise ValueError(f"param_groups[{index}]['differentiable']: True is not supported")
+        try:
+            checked = _checks.adagrad_hyperparameters(
+                lr=scalar(group["lr"]), lr_decay=group["lr_decay"], weight_decay=group["weight_decay"],
+                initial_accumulator_value=group["initial_accumulator_value"], eps=group["eps"],
+                eps_inside_sqrt=group["eps_inside_sqrt"], maximize=group["maximize"],
+                rowwise=group["rowwise"],
+            )
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"param_groups[{index}]: {exc}") from None
+        return (checked["lr"], checked["lr_decay"], checked["weight_decay"], checked["eps"],
+                checked["eps_inside_sqrt"], checked["maximize"])
+
+    def _build_plan(self, index: int, group: dict, with_grad: list[torch.Tensor], kinds: list[bool],
+                    flag: object) -> Plan:
+        labels = self._labels(index, group, with_grad)
+        for p, label in zip(with_grad, labels):
+            check_tensor(p, label)
+        self._check_group(index, group)
+        rowwise = bool(flag)
+        init = _checks.check_number(group["initial_accumulator_value"], "initial_accumulator_value")
+        plan = Plan(group, with_grad, kinds, flag)
+        sums: list[np.ndarray] = []
+        counts: list[int] = []
+        for p, label in zip(with_grad, labels):
+            state = self.state[p]
+            if "sum" not in state:                     # a param added after construction
+                state["step"] = torch.tensor(0.0, dtype=step_dtype())
+                state["sum"] = self._new_state(p, init, rowwise)
+            if "step" not in state:
+                raise ValueError(f"state of {label}: has 'sum' but no 'step'")
+            step = float(scalar(state["step"]))
+            if not (step >= 0 and step.is_integer()):
+                raise ValueError(f"state of {label}['step']: expected a whole number >= 0, got {step}")
+            tensor, array = self._state_array(p, state["sum"], label, rowwise)
+            state["sum"] = tensor
+            sums.append(array)
+            counts.append(int(step))
+        dense, sparse = plan.split()
+        by_step: dict[int, list[int]] = {}
+        for d, i in enumerate(dense):
+            by_step.setdefault(counts[i], []).append(d)
+        dtype = np.float64 if step_dtype() == torch.float64 else np.float32
+        for step, positions in by_step.items():
+            chosen = [dense[d] for d in positions]
+            cohort = Cohort(
+                positions, [with_grad[i] for i in chosen], [labels[i] for i in chosen],
+                [sums[i] for i in chosen], step, rowwise=rowwise,
+            )
+            cohort.steps = np.full(len(positions), step, dtype=dtype)
+            self._share_steps(cohort.steps, [with_grad[i] for i in chosen])
+            plan.cohorts.append(cohort)
+        if sparse:
+            tables = Tables([with_grad[i] for i in sparse], [labels[i] for i in sparse],
+                            [sums[i] for i in sparse], rowwise)
+            tables.steps = np.array([counts[i] for i in sparse], dtype=dtype)
+            self._share_steps(tables.steps, [with_grad[i] for i in sparse])
+            plan.tables = tables
+        plan.steps = []
+        for p in with_grad:
+            state = self.state[p]
+            plan.dicts.append(state)
+            plan.entries.append(state["sum"])
+            plan.steps.append(state["step"])
+        return plan
+
+    def _share_steps(self, steps: np.ndarray, params: list[torch.Tensor]) -> None:
+        """Make ``state[p]["step"]`` of ``params`` views of ``steps`` (one write counts them all)."""
+        views = torch.from_numpy(steps)
+        for k, p in enumerate(params):
+            self.state[p]["step"] = views[k]
+
+    def _run(self, plan: Plan, arrays: list[np.ndarray], hyper: tuple, threads: int) -> None:
+        lr, lr_decay, weight_decay, eps, inside, maximize = hyper
+        for cohort in plan.cohorts:
+            engine = cohort.engine
+            engine.adagrad(
+                self._cohort_grads(plan, cohort, arrays), lr, lr_decay, weight_decay, eps, inside, maximize,
+                threads,
+            )
+            cohort.steps.fill(engine.steps)
+            increment_version(cohort.tensors)
+
+    def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], hyper: tuple,
+                    threads: int) -> None:
+        lr, lr_decay, weight_decay, eps, inside, maximize = hyper
+        tables = plan.tables
+        engine = tables.engine
+        steps = tables.steps
+        for j, (indices, values) in enumerate(rows):
+            engine.steps = int(steps[j])                   # lr_decay counts each table's own steps
+            bad = engine.adagrad_rows(
+                j, indices, values, False, lr, lr_decay, weight_decay, eps, inside, maximize, threads
+            )
+            if bad >= 0:
+                raise tables.out_of_range(j, indices, bad)
+            steps[j] = engine.steps
+        increment_version(tables.tensors)

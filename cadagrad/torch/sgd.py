@@ -1,0 +1,338 @@
+"""``cadagrad.torch.SGD``: a drop-in for ``torch.optim.SGD``, sparse embedding grads included."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import _checks
+from ..optim import _state_like
+from ._engine import (
+    Cohort,
+    EngineOptimizer,
+    ParamsT,
+    Plan,
+    Tables,
+    check_tensor,
+    increment_version,
+    scalar,
+)
+
+__all__ = ["SGD"]
+
+_ZERO_ROWS = 4096        # torch's momentum rule steps rows not named by a grad in blocks of this many
+
+
+class _TouchedRows:
+    """The rows of a table whose momentum buffer may be non-zero: the rows torch's rule moves at every
+    step. A sorted array (the rule then visits rows in address order, which the hardware prefetcher
+    follows), a mask of the table's rows, and a second mask (scratch) for the rows a step names; V bytes
+    each."""
+
+    __slots__ = ("buffer", "mask", "named", "rows")
+
+    def __init__(self, nrows: int, buffer: np.ndarray | None = None) -> None:
+        self.buffer: torch.Tensor | None = None    # the momentum buffer (state tensor) it describes
+        self.mask = np.zeros(nrows, dtype=bool)
+        self.named = np.zeros(nrows, dtype=bool)
+        if buffer is None:                         # a new buffer: all zeros
+            self.rows = np.empty(0, dtype=np.int64)
+        else:                                      # one read of a loaded buffer, O(V x D)
+            self.rows = np.flatnonzero(buffer.any(axis=1)).astype(np.int64)
+            self.mask[self.rows] = True
+
+    def others(self, indices: np.ndarray) -> np.ndarray:
+        """The rows touched before, minus ``indices`` (in range), sorted: O(rows touched so far + k)."""
+        prior = self.rows
+        if prior.size == 0:
+            return prior
+        named = self.named
+        named[indices] = True
+        rest = prior[~named[prior]]
+        named[indices] = False
+        return rest
+
+    def add(self, indices: np.ndarray) -> None:
+        """Record the rows ``indices`` (in range, duplicates allowed) as touched: O(k log k) when none is
+        new, O(rows touched so far) to merge new ones in."""
+        new = indices[~self.mask[indices]]
+        if new.size == 0:
+            return
+        new = np.unique(new)
+        self.mask[new] = True
+        self.rows = np.insert(self.rows, np.searchsorted(self.rows, new), new)
+
+
+class SGD(EngineOptimizer):
+    r"""SGD with momentum for CPU float32/float64 tensors, stepped in place by cadagrad's kernels.
+
+    A drop-in for :class:`torch.optim.SGD` (same arguments, param groups, ``state[p]["momentum_buffer"]``,
+    ``state_dict`` layout). For every element, in this order and in the tensor's dtype::
+
+        g = -grad if maximize else grad
+        g = g + weight_decay * p                      (only if weight_decay != 0)
+        if momentum != 0:
+            buf = g                                    at a param's first step (no buffer yet)
+            buf = momentum * buf + (1 - dampening) * g later
+            g   = g + momentum * buf  if nesterov  else  buf
+        p = p - lr * g
+
+    **Sparse grads** (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: COO tensors with one
+    sparse dim, uncoalesced, duplicates, any nnz) go to the row kernel as ``grad._indices()[0]`` and
+    ``grad._values()``, without coalescing; duplicate rows are summed from zero in order of appearance.
+    Without momentum that is ``cadagrad.reference.SGD.step_rows``, bit for bit, in O(nnz x D). With
+    momentum there are two rules:
+
+    - torch's (the default): the rule above applied to the scattered gradient, as torch.optim.SGD's sparse
+      momentum buffer does. A row, once named, keeps decaying its buffer and moving its param at every later
+      step. cadagrad keeps a dense buffer (``state[p]["momentum_buffer"]``, the param's shape, which
+      torch.optim.SGD loads; torch's sparse buffers load here too) and a record of the rows touched so far
+      (two masks of V bytes and a list). A step runs the rule on the named rows with their summed grads,
+      then on the other rows touched so far with a zero grad: O(nnz x D + T x D) for T rows touched so far,
+      which grows towards the whole table. A record is rebuilt by one read of the buffer (O(V x D)) after
+      loading a state or after a dense step of the param.
+    - TensorFlow's lazy rule (``lazy_momentum=True``): only the named rows' buffers and params move,
+      O(nnz x D), bit for bit ``cadagrad.SGD.step_rows``; a row named first after step 1 starts from a
+      zero buffer.
+
+    torch.optim.SGD refuses weight decay, maximize and nesterov with sparse grads; cadagrad steps them
+    exactly: weight decay and maximize change the grads of the named rows (``g = -grad + weight_decay * p``
+    there), which are then scattered as above; Nesterov's update applies to every row the rule moves.
+
+    Parameters
+    ----------
+    params : iterable of Tensor, of dict, or of (name, Tensor)
+        CPU, dense, contiguous float32/float64 tensors, or param groups, as for
+        :class:`torch.optim.Optimizer`.
+    lr : float or 1-element Tensor, default 0.001
+        Learning rate; read from ``param_groups`` at every step.
+    momentum : float, default 0
+        Momentum factor; 0 keeps no buffers.
+    dampening : float, default 0
+        Dampening of the momentum.
+    weight_decay : float, default 0
+        Coupled L2 penalty added to the gradient (of the named rows only, for a sparse grad).
+    nesterov : bool, default False
+        Nesterov momentum (requires momentum > 0 and dampening == 0).
+    maximize : bool, default False
+        Ascend instead of descend.
+    foreach, fused : bool or None, default None
+        Accepted for compatibility and stored; they change nothing.
+    differentiable : bool, default False
+        Must be False.
+    lazy_momentum : bool, default False
+        With sparse grads and momentum, TensorFlow's lazy rule instead of torch's (above). Not a
+        torch.optim option; no effect on dense grads.
+    num_threads : int or None, default None
+        Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
+    """
+
+    _state_key = "momentum_buffer"
+    _extra_defaults: dict[str, Any] = {**EngineOptimizer._extra_defaults, "lazy_momentum": False}
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float | torch.Tensor = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        lazy_momentum: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        _checks.check_flag(lazy_momentum, "lazy_momentum")
+        _checks.sgd_hyperparameters(
+            lr=scalar(lr), momentum=momentum, dampening=dampening, nesterov=nesterov,
+            weight_decay=scalar(weight_decay), maximize=maximize,
+        )
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+            "lazy_momentum": lazy_momentum,
+        }
+        super().__init__(params, defaults, num_threads)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("nesterov", False)
+
+    def _reset_engines(self) -> None:
+        super()._reset_engines()
+        self._touched: dict[torch.Tensor, _TouchedRows] = {}
+
+    def _structure(self, group: dict) -> object:
+        momentum = scalar(group["momentum"])
+        return momentum != 0
+
+    def _hyperparameters(self, index: int, group: dict) -> tuple:
+        if group.get("differentiable"):
+            raise ValueError(f"param_groups[{index}]['differentiable']: True is not supported")
+        try:
+            checked = _checks.sgd_hyperparameters(
+                lr=scalar(group["lr"]), momentum=scalar(group["momentum"]), dampening=group["dampening"],
+                nesterov=group["nesterov"], weight_decay=scalar(group["weight_decay"]),
+                maximize=group["maximize"],
+            )
+            lazy = _checks.check_flag(group["lazy_momentum"], "lazy_momentum")
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"param_groups[{index}]: {exc}") from None
+        return (checked["lr"], checked["weight_decay"], checked["momentum"], checked["dampening"],
+                checked["nesterov"], checked["maximize"], lazy)
+
+    def _build_plan(self, index: int, group: dict, with_grad: list[torch.Tensor], kinds: list[bool],
+                    flag: object) -> Plan:
+        labels = self._labels(index, group, with_grad)
+        for p, label in zip(with_grad, labels):
+            check_tensor(p, label)
+        plan = Plan(group, with_grad, kinds, flag)
+        dense, sparse = plan.split()
+        if not flag:
+            if dense:
+                tensors, names = [with_grad[i] for i in dense], [labels[i] for i in dense]
+                plan.cohorts.append(Cohort(list(range(len(dense))), tensors, names, None, 1))
+            if sparse:
+                plan.tables = Tables([with_grad[i] for i in sparse], [labels[i] for i in sparse], None)
+            return plan
+        first: list[bool] = []
+        buffers: list[np.ndarray] = []
+        for p, label in zip(with_grad, labels):
+            state = self.state[p]
+            found = state.get("momentum_buffer")
+            if found is None:
+                # Written by the first step (buf = g) and put in ``state`` only once that step is taken.
+                buffers.append(_state_like(p.detach().numpy(), tuple(p.shape), 0.0))
+            else:
+                tensor, array = self._state_array(p, found, label)
+                state["momentum_buffer"] = tensor
+                buffers.append(array)
+            first.append(found is None)
+            plan.dicts.append(state)
+            plan.entries.append(state.get("momentum_buffer"))
+        for starting in (False, True):
+            positions = [d for d, i in enumerate(dense) if first[i] == starting]
+            if positions:
+                chosen = [dense[d] for d in positions]
+                plan.cohorts.append(Cohort(
+                    positions, [with_grad[i] for i in chosen], [labels[i] for i in chosen],
+                    [buffers[i] for i in chosen], 0 if starting else 1, first=starting,
+                ))
+        if sparse:
+            tables = Tables([with_grad[i] for i in sparse], [labels[i] for i in sparse],
+                            [buffers[i] for i in sparse])
+            tables.first = [first[i] for i in sparse]
+            tables.zeros = [None] * len(sparse)
+            plan.tables = tables
+        return plan
+
+    def _run(self, plan: Plan, arrays: list[np.ndarray], hyper: tuple, threads: int) -> None:
+        lr, weight_decay, momentum, dampening, nesterov, maximize, _ = hyper
+        started = False
+        for cohort in plan.cohorts:
+            cohort.engine.sgd(
+                self._cohort_grads(plan, cohort, arrays), lr, weight_decay, momentum, dampening, nesterov,
+                maximize, threads,
+            )
+            increment_version(cohort.tensors)
+            if self._touched:           # every row's buffer may have moved: records are rebuilt if needed
+                for p in cohort.tensors:
+                    self._touched.pop(p, None)
+            if cohort.first:
+                self._keep_buffers(cohort.tensors, cohort.states)
+                started = True
+        if started:
+            self._forget(plan)
+
+    def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], hyper: tuple,
+                    threads: int) -> None:
+        lr, weight_decay, momentum, dampening, nesterov, maximize, lazy = hyper
+        tables = plan.tables
+        engine = tables.engine
+        torch_rule = momentum != 0 and not lazy
+        for j, (indices, values) in enumerate(rows):
+            p = tables.tensors[j]
+            starting = momentum != 0 and tables.first[j]
+            record = self._record(tables, j) if torch_rule else None
+            engine.steps = 0 if starting else 1            # buf = g at a param's first step
+            bad = engine.sgd_rows(
+                j, indices, values, False, lr, weight_decay, momentum, dampening, nesterov, maximize, threads
+            )
+            if bad >= 0:
+                raise tables.out_of_range(j, indices, bad)
+            if record is not None:
+                self._step_others(tables, j, record.others(indices), lr, momentum, dampening, nesterov,
+                                  threads)
+                record.add(indices)
+            elif momentum != 0 and self._touched:
+                self._touched.pop(p, None)
+        increment_version(tables.tensors)
+        if momentum != 0 and any(tables.first):
+            starting = [j for j, flag in enumerate(tables.first) if flag]
+            self._keep_buffers([tables.tensors[j] for j in starting],
+                               [tables.states[j].reshape(tables.shapes[j]) for j in starting])
+            self._forget(plan)
+
+    def _record(self, tables: Tables, j: int) -> _TouchedRows:
+        """The touched rows of table ``j``, valid for its current momentum buffer."""
+        p = tables.tensors[j]
+        nrows = tables.arrays[j].shape[0]
+        if tables.first[j]:
+            record = _TouchedRows(nrows)       # the buffer enters ``state`` after this step
+        else:
+            record = self._touched.get(p)
+            buffer = self.state[p]["momentum_buffer"]
+            if record is not None and record.buffer is buffer:
+                return record
+            record = _TouchedRows(nrows, tables.states[j])
+            record.buffer = buffer
+        self._touched[p] = record
+        return record
+
+    def _step_others(self, tables: Tables, j: int, others: np.ndarray, lr: float, momentum: float,
+                     dampening: float, nesterov: bool, threads: int) -> None:
+        """torch's rule on rows touched at earlier steps that this step's grad does not name: a zero grad
+        (``buf = momentum * buf``, then the param moves by it), in blocks of zero rows."""
+        if others.size == 0:
+            return
+        zeros = tables.zeros[j]
+        if zeros is None:
+            table = tables.arrays[j]
+            zeros = tables.zeros[j] = np.zeros((_ZERO_ROWS, table.shape[1]), table.dtype)
+        engine = tables.engine
+        for start in range(0, others.size, _ZERO_ROWS):
+            block = others[start : start + _ZERO_ROWS]
+            engine.steps = 1
+            engine.sgd_rows(
+                j, block, zeros[: block.size], True, lr, 0.0, momentum, dampening, nesterov, False, threads
+            )
+
+    def _keep_buffers(self, tensors: list[torch.Tensor], arrays: list[np.ndarray]) -> None:
+        """Put the buffers that a first step wrote into ``state`` (torch.optim's layout)."""
+        for p, array in zip(tensors, arrays):
+            tensor = torch.from_numpy(array)
+            self._owned[p] = (tensor, array)
+            self.state[p]["momentum_buffer"] = tensor
+            record = self._touched.get(p)
+            if record is not None and record.buffer is None:
+                record.buffer = tensor
+
+    def _forget(self, plan: Plan) -> None:
+        # The buffers are in ``state`` now: the next step builds one engine for all.
+        for index, cached in list(self._plans.items()):
+            if cached is plan:
+                del self._plans[index]
