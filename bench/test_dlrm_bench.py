@@ -37,10 +37,7 @@ def trainer(benchmark, impl):
     small = benchmark.disabled
     sizes = {"tables": bench_dlrm.TABLES, "rows": 1_000 if small else bench_dlrm.ROWS,
              "batch": 64 if small else bench_dlrm.BATCH}
-    if impl == "cadagrad":
-        impl = bench_dlrm.CADAGRAD if bench_dlrm.adapter_takes_sparse_grads() else bench_dlrm.STEP_ROWS
-    else:
-        impl = bench_dlrm.TORCH
+    impl = bench_dlrm.CADAGRAD if impl == "cadagrad" else bench_dlrm.TORCH
     model = bench_dlrm.make_model(tables=sizes["tables"], rows=sizes["rows"], seed=0)
     opt = bench_dlrm.make_optimizer(impl, model)
     batches = itertools.cycle(bench_dlrm.make_batches(4 if small else bench_dlrm.POOL, seed=1, **sizes))

@@ -17,9 +17,8 @@ loaded machine a step of a few milliseconds is either not preempted or loses a w
 another process, so wall-clock medians swing with the load while CPU time stays close to the work done
 (at one thread; with more, spinning OpenMP workers count too).
 
-cadagrad's side is ``cadagrad.torch.Adagrad(model.parameters())`` when it takes sparse grads. Until it
-does, it is :class:`StepRowsAdagrad` (``cadagrad.Adagrad.step_rows`` on NumPy views of the tables, one call
-per table, and ``cadagrad.torch.Adagrad`` for the dense params), and the table says so.
+cadagrad's side is ``cadagrad.torch.Adagrad(model.parameters())``: the tables' sparse grads and the
+MLP's dense grads in one optimizer.
 
 The same-rows ceiling (a kernel that reads and writes exactly the touched rows of the param and the
 state and reads the grad rows, in the order the row step visits them, with an addition or two per
@@ -49,7 +48,6 @@ LR = 0.01
 
 TORCH = "torch.optim.Adagrad"
 CADAGRAD = "cadagrad.torch.Adagrad"
-STEP_ROWS = "cadagrad step_rows"            # cadagrad's side while the adapter refuses sparse grads
 CEILING = "ceiling"
 OPTIMIZER_STEP, WHOLE_STEP = "optimizer step", "whole step"
 
@@ -123,58 +121,13 @@ def forward(model: Any, dense: Any, ids: Any) -> Any:
     return model["top"](torch.cat([x, dots], dim=1)).squeeze(1)
 
 
-def adapter_takes_sparse_grads() -> bool:
-    """Whether ``cadagrad.torch.Adagrad`` steps an ``EmbeddingBag(sparse=True)`` grad."""
-    torch = _torch()
+def make_optimizer(implementation: str, model: Any, lr: float = LR) -> Any:
+    """The optimizer of ``implementation`` (TORCH or CADAGRAD) over every param of ``model``."""
+    if implementation == TORCH:
+        return _torch().optim.Adagrad(model.parameters(), lr=lr)
     import cadagrad.torch as ct
 
-    bag = torch.nn.EmbeddingBag(4, 2, mode="sum", sparse=True)
-    bag(torch.tensor([[0, 1, 1]])).sum().backward()
-    try:
-        ct.Adagrad(bag.parameters(), lr=LR).step()
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-class StepRowsAdagrad:
-    """cadagrad's AdaGrad for a model whose tables get sparse grads, while the adapter refuses them.
-
-    Each table is stepped by ``cadagrad.Adagrad.step_rows`` on NumPy views (``p.detach().numpy()``,
-    ``grad._indices()[0].numpy()``, ``grad._values().numpy()``: no copies, duplicates summed by the
-    kernel, no coalesce); the dense params by one ``cadagrad.torch.Adagrad``.
-    """
-
-    def __init__(self, tables: list, dense: list, lr: float = LR) -> None:
-        import cadagrad
-        import cadagrad.torch as ct
-
-        self.tables = [(p, cadagrad.Adagrad(p.detach().numpy(), lr=lr)) for p in tables]
-        self.dense = ct.Adagrad(dense, lr=lr)
-
-    def step(self) -> None:
-        for p, opt in self.tables:
-            if p.grad is not None:
-                opt.step_rows(p.grad._indices()[0].numpy(), p.grad._values().numpy())
-        self.dense.step()
-
-    def states(self) -> list[np.ndarray]:
-        """The tables' accumulators, in the order of the tables."""
-        return [opt.sums[0] for _, opt in self.tables]
-
-
-def make_optimizer(implementation: str, model: Any, lr: float = LR) -> Any:
-    """The optimizer of ``implementation`` (TORCH, CADAGRAD or STEP_ROWS) over every param of ``model``."""
-    torch = _torch()
-    if implementation == TORCH:
-        return torch.optim.Adagrad(model.parameters(), lr=lr)
-    if implementation == CADAGRAD:
-        import cadagrad.torch as ct
-
-        return ct.Adagrad(model.parameters(), lr=lr)
-    tables = [bag.weight for bag in model["embeddings"]]
-    dense = list(model["bottom"].parameters()) + list(model["top"].parameters())
-    return StepRowsAdagrad(tables, dense, lr)
+    return ct.Adagrad(model.parameters(), lr=lr)
 
 
 class RowsCeiling:
@@ -253,7 +206,7 @@ def measure_dlrm(
     torch = _torch()
     if torch is None:
         return []
-    impls = [TORCH, CADAGRAD if adapter_takes_sparse_grads() else STEP_ROWS]
+    impls = [TORCH, CADAGRAD]
     if ceiling and RowsCeiling.available():
         impls.append(CEILING)
     batches = make_batches(POOL, tables=tables, rows=rows, batch=batch, seed=seed + 1)
@@ -312,13 +265,12 @@ def format_dlrm_table(rows: list[Row]) -> str:
     if not rows:
         return "dlrm: torch is not installed"
     by_key = {(r.implementation, r.threads, r.phase): r for r in rows}
-    ours = STEP_ROWS if any(r.implementation == STEP_ROWS for r in rows) else CADAGRAD
     header = [f"dlrm {rows[0].case}", "threads", "torch", "(spread)",
               "cadagrad", "(spread)", "x torch", "x torch CPU", "vs ceiling", "vs ceiling CPU"]
     table = [header]
     for n in sorted({r.threads for r in rows}):
         for phase in (OPTIMIZER_STEP, WHOLE_STEP):
-            t, c = by_key.get((TORCH, n, phase)), by_key.get((ours, n, phase))
+            t, c = by_key.get((TORCH, n, phase)), by_key.get((CADAGRAD, n, phase))
             if t is None or c is None:
                 continue
             ceiling = by_key.get((CEILING, n, phase)) if phase == OPTIMIZER_STEP else None
@@ -331,9 +283,6 @@ def format_dlrm_table(rows: list[Row]) -> str:
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |" for line in table]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    if ours == STEP_ROWS:
-        lines.append("cadagrad: step_rows on NumPy views of the tables + cadagrad.torch.Adagrad for the MLP "
-                     "(this cadagrad.torch.Adagrad refuses sparse grads)")
     if not any(r.implementation == CEILING for r in rows):
         lines.append("vs ceiling: '-' = this build has no same-rows ceiling kernel (StepEngine.ceiling_rows)")
     return "\n".join(lines)

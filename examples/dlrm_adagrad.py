@@ -100,36 +100,6 @@ class DLRM(nn.Module):
         return self.top(torch.cat([x, dots], dim=1)).squeeze(1)
 
 
-def adapter_takes_sparse_grads() -> bool:
-    """Whether this cadagrad's ``cadagrad.torch.Adagrad`` steps sparse (embedding) grads."""
-    bag = nn.EmbeddingBag(4, 2, mode="sum", sparse=True)
-    bag(torch.tensor([[0, 1, 1]])).sum().backward()
-    try:
-        cadagrad.torch.Adagrad(bag.parameters()).step()
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-class StepRowsAdagrad:
-    """Stand-in for ``cadagrad.torch.Adagrad`` where it refuses sparse grads (older cadagrad).
-
-    The tables go through ``cadagrad.Adagrad.step_rows`` on NumPy views of the tensors (no copies; the
-    kernel sums duplicate rows), the MLP through ``cadagrad.torch.Adagrad``.
-    """
-
-    def __init__(self, model: DLRM, lr: float) -> None:
-        self.tables = [(bag.weight, cadagrad.Adagrad(bag.weight.detach().numpy(), lr=lr))
-                       for bag in model.embeddings]
-        dense = [p for name, p in model.named_parameters() if not name.startswith("embeddings.")]
-        self.dense = cadagrad.torch.Adagrad(dense, lr=lr)
-
-    def step(self) -> None:
-        for weight, opt in self.tables:
-            opt.step_rows(weight.grad._indices()[0].numpy(), weight.grad._values().numpy())
-        self.dense.step()
-
-
 def make_optimizers(which: str, model: DLRM, lr: float) -> dict[str, tuple[DLRM, object]]:
     """Name -> (its own copy of the model, its optimizer over every parameter)."""
     out: dict[str, tuple[DLRM, object]] = {}
@@ -138,10 +108,7 @@ def make_optimizers(which: str, model: DLRM, lr: float) -> dict[str, tuple[DLRM,
         out["torch.optim.Adagrad"] = copy_, torch.optim.Adagrad(copy_.parameters(), lr=lr)
     if which in ("cadagrad", "both"):
         copy_ = copy.deepcopy(model)
-        if adapter_takes_sparse_grads():
-            out["cadagrad.torch.Adagrad"] = copy_, cadagrad.torch.Adagrad(copy_.parameters(), lr=lr)
-        else:
-            out["cadagrad (step_rows)"] = copy_, StepRowsAdagrad(copy_, lr)
+        out["cadagrad.torch.Adagrad"] = copy_, cadagrad.torch.Adagrad(copy_.parameters(), lr=lr)
     return out
 
 
@@ -156,9 +123,6 @@ def main() -> None:
     loss_fn = nn.BCEWithLogitsLoss()
     print(f"DLRM-style model: {args.tables} tables of {args.rows} x {WIDTH} (EmbeddingBag, sum of {BAG} "
           f"Zipf ids), batch {args.batch}, {DENSE} dense features, {args.threads} thread(s), lr {args.lr}")
-    if "cadagrad (step_rows)" in runs:
-        print("note: this cadagrad.torch.Adagrad refuses sparse grads; cadagrad's tables are stepped by "
-              "cadagrad.Adagrad.step_rows on NumPy views, its MLP by cadagrad.torch.Adagrad")
     losses: dict[str, list[float]] = {name: [] for name in names}
     times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in names}
     planted: list[float] = []

@@ -87,8 +87,7 @@ def loss_columns(output: str) -> dict[str, list[float]]:
 
 
 def test_dlrm_example_trains_with_both_optimizers_and_the_loss_decreases():
-    torch = pytest.importorskip("torch", reason="the dlrm example trains a torch model")
-    import cadagrad.torch
+    pytest.importorskip("torch", reason="the dlrm example trains a torch model")
     script = EXAMPLES / "dlrm_adagrad.py"
     if not script.exists():
         pytest.skip("examples/ is not beside this copy of the tests")
@@ -101,18 +100,9 @@ def test_dlrm_example_trains_with_both_optimizers_and_the_loss_decreases():
                           timeout=300)
     assert done.returncode == 0, done.stderr
     curves = loss_columns(done.stdout)
-    assert list(curves)[:2] == ["planted", "torch.optim.Adagrad"] and len(curves) == 3, done.stdout
+    assert list(curves) == ["planted", "torch.optim.Adagrad", "cadagrad.torch.Adagrad"], done.stdout
     planted, theirs, ours = curves.values()
     assert len(theirs) == len(ours) == 4
     assert theirs[-1] < theirs[0] and ours[-1] < ours[0], done.stdout
     assert max(abs(a - b) for a, b in zip(theirs, ours)) < 1e-2, done.stdout   # same model, same data
     assert min(planted) > 0
-    # Where cadagrad.torch.Adagrad takes sparse grads, the example steps the tables through it.
-    bag = torch.nn.EmbeddingBag(4, 2, mode="sum", sparse=True)
-    bag(torch.tensor([[0, 1, 1]])).sum().backward()
-    try:
-        cadagrad.torch.Adagrad(bag.parameters()).step()
-        expected = "cadagrad.torch.Adagrad"
-    except (TypeError, ValueError):
-        expected = "cadagrad (step_rows)"
-    assert list(curves)[2] == expected
