@@ -1,11 +1,18 @@
 """Two worked examples: AdaGrad's accumulator on one parameter fed gradients 10, 9, 11, 10, 10, and SGD
-against AdaGrad on the ill-conditioned quadratic 0.1 * x1**2 + 5 * x2**2, each against plain NumPy.
+against AdaGrad on the ill-conditioned quadratic 0.1 * x1**2 + 5 * x2**2, each against plain NumPy;
+and a short run of examples/dlrm_adagrad.py.
 
 examples/ddp_adagrad.py needs torchrun and two processes: CI runs it, plain and with --zero, under a time
 limit through tools/run_ddp_example.sh (tests/test_distributed.py covers the same DDP and ZeRO paths).
 """
 
 from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +78,37 @@ def test_quadratic_adagrad_eps_inside_matches_numpy_expression():
     f = 0.1 * x[0] ** 2 + 5 * x[1] ** 2
     f_sgd_x1 = 0.1 * (9.0 * 0.99**100) ** 2
     assert f < f_sgd_x1     # AdaGrad got further down the valley than SGD's flat-axis term alone
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def loss_columns(output: str) -> dict[str, list[float]]:
+    """The dlrm example's loss curve: column name -> its values, step after step."""
+    lines = output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["step"])
+    names = ["planted"] + re.split(r"\s{2,}", lines[header].strip())[2:]
+    rows = [line.split() for line in lines[header + 1:] if re.fullmatch(r"\s*\d+(\s+\d+\.\d+)+", line)]
+    return {name: [float(row[i + 1]) for row in rows] for i, name in enumerate(names)}
+
+
+def test_dlrm_example_trains_with_both_optimizers_and_the_loss_decreases():
+    pytest.importorskip("torch", reason="the dlrm example trains a torch model")
+    script = EXAMPLES / "dlrm_adagrad.py"
+    if not script.exists():
+        pytest.skip("examples/ is not beside this copy of the tests")
+    package_root = Path(cadagrad.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(package_root),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    args = ["--optimizer", "both", "--tables", "2", "--rows", "500", "--batch", "64", "--steps", "40",
+            "--every", "10", "--threads", "1"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    curves = loss_columns(done.stdout)
+    assert list(curves) == ["planted", "torch.optim.Adagrad", "cadagrad.torch.Adagrad"], done.stdout
+    planted, theirs, ours = curves.values()
+    assert len(theirs) == len(ours) == 4
+    assert theirs[-1] < theirs[0] and ours[-1] < ours[0], done.stdout
+    assert max(abs(a - b) for a, b in zip(theirs, ours)) < 1e-2, done.stdout   # same model, same data
+    assert min(planted) > 0
