@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import reference
+from . import bench_dlrm, reference
 from ._threads import build_info, get_num_threads, set_num_threads
 from .functional import memory_ceiling
 from .optim import SGD, Adagrad
@@ -416,8 +416,35 @@ SPARSE = Section(
     report=lambda results, s: format_sparse_table(dict(results)),
 )
 
+
+
+@dataclass(frozen=True)
+class DlrmCase:
+    """The one case of the dlrm section (its sizes live in cadagrad.bench_dlrm)."""
+
+    label: str = "DLRM-style model, 4 sparse tables of 200000 x 64 and an MLP"
+
+
+def _dlrm_measure(case: DlrmCase, s: Settings) -> list[Any]:
+    if s.quick:      # one thread, a few samples: the rows, not a careful figure
+        return bench_dlrm.measure_dlrm((1,), repeats=3, steps=4, progress=_stderr)
+    return bench_dlrm.measure_dlrm(sorted(set(s.threads) | {1, 2}), repeats=s.repeats, progress=_stderr)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+DLRM = Section(
+    "dlrm", "a DLRM-style training step (4 sparse tables of 2*10^5 x 64, an MLP): torch.optim.Adagrad "
+    "against cadagrad.torch.Adagrad, optimizer step and whole step, with the same-rows ceiling (needs torch)",
+    cases=lambda s: [DlrmCase()],
+    measure=_dlrm_measure,
+    report=lambda results, s: bench_dlrm.format_dlrm_table(results[0]),
+)
+
 # The report's sections, in order; ``--sections`` picks some by name.
-SECTIONS: list[Section] = [DENSE, SPARSE]
+SECTIONS: list[Section] = [DENSE, SPARSE, DLRM]
 
 
 def _case_label(case: Any) -> str:

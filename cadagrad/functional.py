@@ -6,7 +6,9 @@ loop over many small steps, an optimizer object is cheaper: it validates its par
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from . import _checks
 from ._checks import Params
@@ -163,5 +165,53 @@ def memory_ceiling(
     return lambda grads: engine.ceiling(grads, threads)
 
 
-__all__ = ["adagrad_step", "sgd_step", "memory_ceiling"]
+def rows_memory_ceiling(
+    params: Params, states: Params | None = None, *, num_threads: int | None = None
+) -> Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], None]:
+    """The speed limit of a sparse-rows step over several tables: its memory traffic, no optimizer.
+
+    Parameters
+    ----------
+    params : ndarray or sequence of ndarray
+        2-D tables ``(V, D)``; the named rows are written.
+    states : ndarray or sequence of ndarray, optional
+        One state buffer per table, of the table's shape and dtype (as AdaGrad's ``sums``); written.
+    num_threads : int or None, default None
+        As for the steps.
+
+    Returns
+    -------
+    callable
+        ``run(indices_list, rows_list)``, one ``(indices, rows)`` pair per table as
+        :meth:`cadagrad.Adagrad.step_rows` takes them: groups each table's duplicate indices, then reads
+        the grad rows and reads and writes the named rows of each table and its state, in the order and
+        with the threads of a row step, with trivial arithmetic (a named row grows by its summed grad,
+        its state by the grad's square). Every pair is validated first; an out-of-range index raises
+        ValueError and nothing is written.
+    """
+    threads = _checks.check_num_threads(num_threads)
+    arrays, single = _checks.check_params(params)
+    state_arrays = None if states is None else _checks.check_states(states, arrays, single, "states")
+    layout = [(p.size, p.dtype) for p in arrays]
+
+    def explain(grads: object) -> None:
+        _checks.explain_changed(arrays, state_arrays, layout)
+
+    engine = StepEngine(arrays, state_arrays, single, explain, 0)
+    tables = tuple(range(len(arrays)))
+
+    def run(indices_list: Sequence[np.ndarray], rows_list: Sequence[np.ndarray]) -> None:
+        if len(indices_list) != len(arrays) or len(rows_list) != len(arrays):
+            raise ValueError(f"expected one (indices, rows) pair per table ({len(arrays)})")
+        for i, (indices, rows) in enumerate(zip(indices_list, rows_list)):
+            _checks.check_rows(indices, rows, i, arrays, state_arrays)
+        bad = engine.rows_ceiling(indices_list, rows_list, tables, False, threads)
+        if bad >= 0:
+            position, table = divmod(bad, len(arrays))
+            raise _checks.index_out_of_range(indices_list[table], position, table, arrays[table].shape[0])
+
+    return run
+
+
+__all__ = ["adagrad_step", "sgd_step", "memory_ceiling", "rows_memory_ceiling"]
 

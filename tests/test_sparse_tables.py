@@ -12,6 +12,7 @@ from conftest import adagrad_options, assert_bitwise_equal, random_array, seeds,
 from hypothesis import given
 from hypothesis import strategies as st
 
+import cadagrad.functional
 from cadagrad import _kernels, reference
 
 VARIANTS = list(_kernels.available_variants())
@@ -369,3 +370,26 @@ def test_many_table_steps_hold_no_memory_or_references_in_steady_state(rng):
         tracemalloc.stop()
     assert [sys.getrefcount(a) for a in watched] == refs
     assert after - before < 4096, f"{after - before} bytes still held"
+
+
+def test_rows_memory_ceiling_writes_only_the_named_rows_and_refuses_a_bad_index_first():
+    rng = np.random.default_rng(7)
+    tables = [rng.standard_normal((50, 4)).astype(np.float32), rng.standard_normal((30, 3))]
+    states = [np.zeros_like(t) for t in tables]
+    run = cadagrad.functional.rows_memory_ceiling(tables, states)
+    ids = [np.array([3, 9, 3], dtype=np.int64), np.array([29], dtype=np.int32)]
+    rows = [rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal((1, 3))]
+    before = [t.copy() for t in tables]
+    run(ids, rows)
+    summed = rows[0][0] + rows[0][2]
+    np.testing.assert_array_equal(tables[0][3], before[0][3] + summed)
+    np.testing.assert_array_equal(states[0][3], summed * summed)
+    np.testing.assert_array_equal(tables[1][29], before[1][29] + rows[1][0])
+    untouched = np.ones(50, dtype=bool)
+    untouched[[3, 9]] = False
+    np.testing.assert_array_equal(tables[0][untouched], before[0][untouched])
+    snapshot = [t.copy() for t in tables] + [s.copy() for s in states]
+    with pytest.raises(ValueError, match="out of range"):
+        run([ids[0], np.array([30], dtype=np.int32)], rows)
+    for a, b in zip(tables + states, snapshot):
+        assert a.tobytes() == b.tobytes()
