@@ -115,6 +115,8 @@ cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floa
             cg_prefetch(param + ahead * width, row_bytes, 1)
             if state != NULL:
                 cg_prefetch(state + ahead * state_width, state_bytes, 1)
+            if s.state2 != NULL:
+                cg_prefetch(<floating*>s.state2 + ahead * width, row_bytes, 1)
         if work == NULL:
             row = _read_index(indices, wide, u)
             g = rows + u * width
@@ -129,7 +131,9 @@ cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floa
                 for c in range(width):
                     acc[c] = acc[c] + src[c]
             g = acc
-        if kernel == KERNEL_ADAGRAD:
+        if kernel == KERNEL_PROXIMAL_ADAGRAD or kernel == KERNEL_ADAGRAD_DA:
+            _proximal_span_at(kernel, s, row * width, width, g, args)
+        elif kernel == KERNEL_ADAGRAD:
             if s.cols > 0:
                 _adagrad_rowwise_rows(param + row * width, g, state + row, 1, width, <const AdagradArgs*>args)
             else:
