@@ -403,6 +403,7 @@ cdef class StepEngine:
         a.l1 = l1
         a.l2 = l2
         a.has_l1 = l1 > 0.0
+        a.has_l2 = l2 > 0.0
         return 0
 
     cdef int _pack_adagrad_da(self, DualAveragingArgs* a, double lr, double l1, double l2) except -1:

@@ -215,6 +215,7 @@ cdef struct ProximalArgs:
     double l1
     double l2
     bint has_l1            # l1 > 0, decided on the double value
+    bint has_l2            # l2 > 0: without it the division by 1 + lrt * l2 is skipped (the rules page)
 
 
 cdef struct DualAveragingArgs:
@@ -250,8 +251,8 @@ cdef inline floating _positive_part(floating x) noexcept nogil:
 
 
 cdef inline void _proximal_adagrad_span_as(floating* p, const floating* grad, floating* G, Py_ssize_t n,
-                                           const ProximalArgs* a, bint has_l1) noexcept nogil:
-    # Called only with a literal has_l1 (see _proximal_adagrad_span): one loop per case.
+                                           const ProximalArgs* a, bint has_l1, bint has_l2) noexcept nogil:
+    # Called only with literal flags (see _proximal_adagrad_span): one loop per case.
     cdef floating lr = <floating>a.lr
     cdef floating l1 = <floating>a.l1
     cdef floating l2 = <floating>a.l2
@@ -265,17 +266,23 @@ cdef inline void _proximal_adagrad_span_as(floating* p, const floating* grad, fl
         lrt = lr / _sqrt(acc)
         v = p[i] - lrt * g
         if has_l1:
-            p[i] = _sign(v) * _positive_part(_abs(v) - lrt * l1) / (one + lrt * l2)
-        else:
-            p[i] = v / (one + lrt * l2)
+            v = _sign(v) * _positive_part(_abs(v) - lrt * l1)
+        if has_l2:
+            v = v / (one + lrt * l2)
+        p[i] = v
 
 
 cdef void _proximal_adagrad_span(floating* p, const floating* grad, floating* G, Py_ssize_t n,
                                  const ProximalArgs* a) noexcept nogil:
     if a.has_l1:
-        _proximal_adagrad_span_as(p, grad, G, n, a, True)
+        if a.has_l2:
+            _proximal_adagrad_span_as(p, grad, G, n, a, True, True)
+        else:
+            _proximal_adagrad_span_as(p, grad, G, n, a, True, False)
+    elif a.has_l2:
+        _proximal_adagrad_span_as(p, grad, G, n, a, False, True)
     else:
-        _proximal_adagrad_span_as(p, grad, G, n, a, False)
+        _proximal_adagrad_span_as(p, grad, G, n, a, False, False)
 
 
 cdef inline void _adagrad_da_span_as(floating* p, const floating* grad, floating* S, floating* G,

@@ -142,7 +142,11 @@ def sgd_step(
 
 
 def memory_ceiling(
-    params: Params, states: Params | None = None, *, num_threads: int | None = None
+    params: Params,
+    states: Params | None = None,
+    *,
+    states2: Params | None = None,
+    num_threads: int | None = None,
 ) -> Callable[[Params], None]:
     """A kernel with a step's memory traffic and almost no arithmetic: the speed limit of a step.
 
@@ -155,6 +159,10 @@ def memory_ceiling(
         As for the steps; written.
     states : ndarray or sequence of ndarray, optional
         One state buffer per param (as ``sums``), for the traffic of a step with state; written.
+    states2 : ndarray or sequence of ndarray, optional
+        A second state buffer per param (as AdaGrad dual averaging's ``grad_sums``; needs ``states``):
+        then the traffic is that rule's, reading grads and both states and writing both states and the
+        params, which are not read (``s2 = s2 + g``, ``s = s + g * g``, ``p = s2``).
     num_threads : int or None, default None
         As for the steps.
 
@@ -168,12 +176,19 @@ def memory_ceiling(
     threads = _checks.check_num_threads(num_threads)
     arrays, single = _checks.check_params(params)
     state_arrays = None if states is None else _checks.check_states(states, arrays, single, "states")
+    second = None
+    if states2 is not None:
+        if state_arrays is None:
+            raise ValueError("states2: needs states")
+        second = _checks.check_second_states(states2, state_arrays, arrays, single, "states2", "states")
 
     def explain(grads: object) -> None:
         _checks.explain_changed(arrays, state_arrays, [(p.size, p.dtype) for p in arrays])
         _checks.check_grads(grads, arrays, single, state_arrays)
+        if second is not None:
+            _checks.check_grads(grads, arrays, single, second)
 
-    engine = StepEngine(arrays, state_arrays, single, explain, 0)
+    engine = StepEngine(arrays, state_arrays, single, explain, 0, None, second)
     return lambda grads: engine.ceiling(grads, threads)
 
 

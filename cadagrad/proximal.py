@@ -139,8 +139,9 @@ class ProximalAdagrad(_Proximal):
         G   = G + g * g                                         (G starts at initial_accumulator_value)
         lrt = lr / sqrt(G)
         v   = p - lrt * g
-        p   = sign(v) * max(|v| - lrt * l1, 0) / (1 + lrt * l2)     if l1 > 0
-        p   = v / (1 + lrt * l2)                                     otherwise
+        v   = sign(v) * max(|v| - lrt * l1, 0)                      only if l1 > 0
+        v   = v / (1 + lrt * l2)                                    only if l2 > 0
+        p   = v
 
     ``sign`` and ``max`` are NumPy's (``sign(-0.0)`` is +0.0; NaN propagates). With ``l1 > 0`` an element
     whose ``|v|`` is at most ``lrt * l1`` becomes an exact zero (-0.0 where ``v < 0``). The rules page of

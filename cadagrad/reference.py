@@ -181,8 +181,9 @@ class ProximalAdagrad:
         G   = G + g*g
         lrt = lr / sqrt(G)
         v   = p - lrt*g
-        p   = sign(v) * max(|v| - lrt*l1, 0) / (1 + lrt*l2)     if l1 > 0
-        p   = v / (1 + lrt*l2)                                  otherwise
+        v   = sign(v) * max(|v| - lrt*l1, 0)                    only if l1 > 0
+        v   = v / (1 + lrt*l2)                                  only if l2 > 0
+        p   = v
 
     The rules page of the documentation, section "Proximal AdaGrad", is the full statement.
     ``step_rows`` sums duplicate rows first and updates the named rows only.
@@ -210,9 +211,10 @@ class ProximalAdagrad:
         lrt = lr / np.sqrt(G)
         v = p - lrt * g
         if self.l1 > 0:
-            p[...] = sign(v) * positive_part(np.abs(v) - lrt * l1) / (dtype(1) + lrt * l2)
-        else:
-            p[...] = v / (dtype(1) + lrt * l2)
+            v = sign(v) * positive_part(np.abs(v) - lrt * l1)
+        if self.l2 > 0:                                   # with l2 == 0 the division by 1 is skipped
+            v = v / (dtype(1) + lrt * l2)
+        p[...] = v
 
     def step(self, grads):
         self.step_count += 1
