@@ -35,16 +35,24 @@ cdef enum:
 
 
 cdef inline void _proximal_span_at(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n, const floating* grad,
-                                   const void* args) noexcept nogil:
+                                   const void* args, bint dense) noexcept nogil:
     # Elements [lo, lo + n) of a segment, stepped along grad: the proximal kernels, for the dense walk
-    # (grad = the segment's grad + lo) and the row walk (grad = a row's summed gradient).
+    # (grad = the segment's grad + lo) and the row walk (grad = a row's summed gradient). A dense step
+    # streams the params of a large dual-averaging segment (see STREAM_BYTES).
     cdef floating* param = <floating*>s.param + lo
+    cdef bint stream = dense and s.size * <Py_ssize_t>sizeof(floating) >= STREAM_BYTES
     if kernel == KERNEL_PROXIMAL_ADAGRAD:
         _proximal_adagrad_span(param, grad, <floating*>s.state + lo, n, <const ProximalArgs*>args)
     elif kernel == KERNEL_ADAGRAD_DA:
-        _adagrad_da_span(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n,
-                         <const DualAveragingArgs*>args)
-    else:       # KERNEL_CEILING of a segment with two states
+        if stream:
+            _adagrad_da_span_streamed(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n,
+                                      <const DualAveragingArgs*>args)
+        else:
+            _adagrad_da_span(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n,
+                             <const DualAveragingArgs*>args)
+    elif stream:    # KERNEL_CEILING of a segment with two states
+        _ceiling_two_states_streamed(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n)
+    else:
         _ceiling_two_states_span(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n)
 
 
@@ -57,9 +65,9 @@ cdef inline bint _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t 
     if kernel == KERNEL_PROXIMAL_ADAGRAD or kernel == KERNEL_ADAGRAD_DA or (
             kernel == KERNEL_CEILING and s.state2 != NULL):
         if s.is_double:
-            _proximal_span_at(kernel, s, lo, n, <const double*>s.grad + lo, args)
+            _proximal_span_at(kernel, s, lo, n, <const double*>s.grad + lo, args, True)
         else:
-            _proximal_span_at(kernel, s, lo, n, <const float*>s.grad + lo, args)
+            _proximal_span_at(kernel, s, lo, n, <const float*>s.grad + lo, args, True)
         return False
     cdef Py_ssize_t row, last_row
     if s.cols > 0:

@@ -132,7 +132,7 @@ cdef void _apply_rows_typed(int kernel, Segment* s, Py_ssize_t width, const floa
                     acc[c] = acc[c] + src[c]
             g = acc
         if kernel == KERNEL_PROXIMAL_ADAGRAD or kernel == KERNEL_ADAGRAD_DA:
-            _proximal_span_at(kernel, s, row * width, width, g, args)
+            _proximal_span_at(kernel, s, row * width, width, g, args, False)
         elif kernel == KERNEL_ADAGRAD:
             if s.cols > 0:
                 _adagrad_rowwise_rows(param + row * width, g, state + row, 1, width, <const AdagradArgs*>args)

@@ -414,3 +414,27 @@ def test_reference_has_the_same_signature_and_defaults(kind):
         assert param.kind == ref.parameters[key].kind, key
     assert ours.parameters["lr"].default is inspect.Parameter.empty
     assert ours.parameters["initial_accumulator_value"].default == _checks.PROXIMAL_INITIAL_ACCUMULATOR == 0.1
+
+
+@pytest.mark.parametrize("isa", list(_kernels.available_variants()))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_large_dual_averaging_step_streams_its_params_with_the_same_bits(isa, dtype, rng):
+    """From 16 MiB on, a dense step writes the params with non-temporal stores, block by block; a param
+    that starts off a 16-byte boundary and ends mid-block, a grad that is its own param and 1 or 3
+    threads give the reference's bits."""
+    module = _kernels.available_variants()[isa]
+    n = (1 << 24) // np.dtype(dtype).itemsize + 1001
+    base = sparse_array(rng, (n + 1,), dtype)
+    for threads, own_grad in ((1, False), (3, True)):
+        param = base[1:]                                       # 4 or 8 bytes past the allocation's start
+        mine = param.copy() if own_grad else base.copy()[1:]
+        sums, grad_sums = np.full(n, 0.1, dtype), np.zeros(n, dtype)
+        engine = module.StepEngine([mine], [sums], True, None, 0, None, [grad_sums])
+        ref = reference.AdagradDA(param.copy(), 0.1, l1=0.01, l2=0.1)
+        for _ in range(2):
+            g = mine if own_grad else sparse_array(rng, (n,), dtype)
+            ref_g = ref.params[0].copy() if own_grad else g
+            engine.adagrad_da(g, 0.1, 0.01, 0.1, threads)
+            ref.step(ref_g)
+        assert_bitwise_equal(mine, ref.params[0], f"{isa} {threads} threads params")
+        assert_bitwise_equal(grad_sums, ref.grad_sums[0], f"{isa} grad_sums")
