@@ -203,9 +203,10 @@ cdef bint _has_nonfinite_span(const floating* grad, Py_ssize_t n) noexcept nogil
 # Proximal AdaGrad and AdaGrad dual averaging (TensorFlow's ApplyProximalAdagrad and ApplyAdagradDA),
 # in the operation order of the rules page, sections "Proximal AdaGrad" and "AdaGrad dual averaging".
 # Checked with `-fopt-info-vec-optimized` on the avx2 build (GCC 12, -O3 -fno-math-errno
-# -ffp-contract=off -mavx2): both span loops vectorize (32-byte vectors) in both dtypes and with l1 on
-# and off (the flag is specialised by hand, as SGD's), _sign and _positive_part becoming compares and
-# blends; sqrt and division stay the exact vsqrtps/vdivps (vsqrtpd/vdivpd), never vrsqrtps.
+# -ffp-contract=off -mavx2): every specialisation of both span loops vectorizes (32-byte vectors) in
+# both dtypes: proximal AdaGrad's four (l1 and l2 each on or off, specialised by hand as SGD's flags) and
+# dual averaging's two; _sign and _positive_part become compares and blends, and objdump of that build
+# shows vsqrtps/vdivps (vsqrtpd/vdivpd) and no vrsqrtps or vrcpps.
 
 from libc.math cimport fabs, fabsf
 
