@@ -438,3 +438,24 @@ def test_a_large_dual_averaging_step_streams_its_params_with_the_same_bits(isa, 
             ref.step(ref_g)
         assert_bitwise_equal(mine, ref.params[0], f"{isa} {threads} threads params")
         assert_bitwise_equal(grad_sums, ref.grad_sums[0], f"{isa} grad_sums")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "kind, options, steps, expected",
+    [
+        # Values from TensorFlow's own unit tests of ProximalAdagradOptimizer and AdagradDAOptimizer
+        # (lr 3.0, initial accumulator 0.1, params [1, 2] and [4, 3], grads [0.1, 0.2] and [0.01, 0.02]).
+        ("proximal", {"l1": 0.001}, 10, ([-6.663634, -9.190331], [2.959304, 1.029232])),
+        ("da", {}, 1, ([-0.904534, -1.603567], [-0.094821, -0.189358])),
+        ("da", {"l1": 0.001}, 1, ([-0.895489, -1.595550], [-0.085339, -0.179890])),
+        ("da", {"l1": 0.001, "l2": 2.0}, 1, ([-0.046907, -0.093659], [-0.004275, -0.009023])),
+    ],
+)
+def test_agrees_with_tensorflows_published_values(dtype, kind, options, steps, expected):
+    params = [np.array([1.0, 2.0], dtype), np.array([4.0, 3.0], dtype)]
+    opt = KINDS[kind][0](params, lr=3.0, initial_accumulator_value=0.1, **options)
+    for _ in range(steps):
+        opt.step([np.array([0.1, 0.2], dtype), np.array([0.01, 0.02], dtype)])
+    for param, values in zip(params, expected):
+        np.testing.assert_allclose(param, values, rtol=1e-5, atol=1e-6)
