@@ -280,13 +280,60 @@ def sgd_hyperparameters(*, lr, momentum, dampening, nesterov, weight_decay, maxi
     return checked
 
 
+# TensorFlow's default for both proximal optimizers (its initial_accumulator_value and AdagradDA's
+# initial_gradient_squared_accumulator_value); cadagrad.reference repeats it literally.
+PROXIMAL_INITIAL_ACCUMULATOR = 0.1
+
+
+def check_positive(value: object, name: str) -> float:
+    """A finite real hyperparameter that must be > 0; returned as a float."""
+    value = check_number(value, name, minimum=None)
+    if not value > 0.0:
+        raise ValueError(f"{name}: expected a value > 0, got {value}")
+    return value
+
+
+def proximal_hyperparameters(*, lr, l1, l2, initial_accumulator_value) -> dict:
+    """Validate the hyperparameters of ProximalAdagrad and AdagradDA (TensorFlow's limits)."""
+    return {
+        "lr": check_positive(lr, "lr"),
+        "l1": check_number(l1, "l1"),
+        "l2": check_number(l2, "l2"),
+        "initial_accumulator_value": check_positive(initial_accumulator_value, "initial_accumulator_value"),
+    }
+
+
+def check_second_states(
+    states2: object,
+    states: list[np.ndarray],
+    params: list[np.ndarray],
+    single: bool,
+    name: str,
+    first_name: str,
+) -> list[np.ndarray]:
+    """Validate a second list of caller-owned state buffers: as :func:`check_states`, and disjoint from
+    the first list (named ``first_name``)."""
+    arrays = check_states(states2, params, single, name)
+    label = (lambda n, i: n) if single else (lambda n, i: f"{n}[{i}]")
+    every = [(_byte_range(a), label(first_name, i)) for i, a in enumerate(states)]
+    every += [(_byte_range(a), label(name, i)) for i, a in enumerate(arrays)]
+    clash = _first_overlap(every)
+    if clash is not None:
+        raise ValueError(f"{clash[1]}: shares memory with {clash[0]}; the two states must not overlap")
+    return arrays
+
+
 def check_state_dict(
-    state_dict: object, *, optimizer: str, state_key: str, hyperparameter_names: Sequence[str]
+    state_dict: object, *, optimizer: str, state_key: str | Sequence[str], hyperparameter_names: Sequence[str]
 ) -> dict:
-    """Check the envelope of a state dict (everything but the arrays, which the optimizer checks)."""
+    """Check the envelope of a state dict (everything but the arrays, which the optimizer checks).
+
+    ``state_key`` names the per-param arrays' key, or keys for an optimizer with two states per param.
+    """
     if not isinstance(state_dict, dict):
         raise TypeError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
-    expected = {"optimizer", "version", "step", "hyperparameters", state_key}
+    expected = {"optimizer", "version", "step", "hyperparameters"}
+    expected |= {state_key} if isinstance(state_key, str) else set(state_key)
     if set(state_dict) != expected:
         raise ValueError(f"state_dict: expected the keys {sorted(expected)}, got {sorted(state_dict)}")
     if state_dict["optimizer"] != optimizer:

@@ -121,6 +121,7 @@ cdef class StepEngine:
     """
     cdef tuple params
     cdef tuple states
+    cdef tuple states2             # a second state per param (AdaGrad dual averaging's S), or None
     cdef object explain
     cdef bint single
     cdef Segment* segs
@@ -142,7 +143,8 @@ cdef class StepEngine:
     cdef Py_ssize_t row_calls
     cdef public Py_ssize_t steps
 
-    def __cinit__(self, params, states, bint single, explain, Py_ssize_t steps=0, row_widths=None):
+    def __cinit__(self, params, states, bint single, explain, Py_ssize_t steps=0, row_widths=None,
+                  states2=None):
         """
         Parameters
         ----------
@@ -160,11 +162,15 @@ cdef class StepEngine:
         row_widths : sequence of int, optional
             Per param: 0 for element-wise state, or the row width D of a row-wise AdaGrad param whose
             state holds one accumulator per row (``size // D`` elements).
+        states2 : sequence of ndarray, optional
+            A second state buffer per param, same shape and dtype (already validated): the gradient sums
+            of AdaGrad dual averaging, whose ``states`` are the squared sums.
         """
         cdef Py_ssize_t i, start = 0
         cdef cnp.ndarray p
         self.params = tuple(params)
         self.states = tuple(states) if states is not None else None
+        self.states2 = tuple(states2) if states2 is not None else None
         self.single = single
         self.explain = explain
         self.steps = steps
@@ -179,6 +185,8 @@ cdef class StepEngine:
             self.segs[i].param = <char*>cnp.PyArray_DATA(p)
             self.segs[i].state = (<char*>cnp.PyArray_DATA(<cnp.ndarray?>self.states[i])
                                   if self.states is not None else NULL)
+            self.segs[i].state2 = (<char*>cnp.PyArray_DATA(<cnp.ndarray?>self.states2[i])
+                                   if self.states2 is not None else NULL)
             self.segs[i].grad = NULL
             self.segs[i].size = cnp.PyArray_SIZE(p)
             self.segs[i].cols = row_widths[i] if row_widths is not None else 0
@@ -202,6 +210,8 @@ cdef class StepEngine:
                 found.append((<Py_ssize_t>s.param, <Py_ssize_t>(s.param + s.size * itemsize), i, False))
             if s.state != NULL and s.state_size > 0:
                 found.append((<Py_ssize_t>s.state, <Py_ssize_t>(s.state + s.state_size * itemsize), i, True))
+            if s.state2 != NULL and s.size > 0:
+                found.append((<Py_ssize_t>s.state2, <Py_ssize_t>(s.state2 + s.size * itemsize), i, True))
         found.sort()
         self.ranges = <ByteRange*>malloc(max(len(found), 1) * sizeof(ByteRange))
         if self.ranges == NULL:
@@ -300,6 +310,8 @@ cdef class StepEngine:
                     or not _same_array(self.params[i], s.param, s.size, s.typenum)
                     or (self.states is not None
                         and not _same_array(self.states[i], s.state, s.state_size, s.typenum))
+                    or (self.states2 is not None
+                        and not _same_array(self.states2[i], s.state2, s.size, s.typenum))
                     or not _grad_alias_ok(<const char*>cnp.PyArray_DATA(<cnp.ndarray>g),
                                           cnp.PyArray_NBYTES(<cnp.ndarray>g), i, self.ranges, self.n_ranges)):
                 self.explain(given)
@@ -374,7 +386,9 @@ cdef class StepEngine:
         param = <cnp.ndarray>self.params[index]
         if (not _same_array(param, s.param, s.size, s.typenum)
                 or (self.states is not None
-                    and not _same_array(self.states[index], s.state, s.state_size, s.typenum))):
+                    and not _same_array(self.states[index], s.state, s.state_size, s.typenum))
+                or (self.states2 is not None
+                    and not _same_array(self.states2[index], s.state2, s.size, s.typenum))):
             self.explain(None)
             raise ValueError(f"params[{index}] changed after set-up")
         if cnp.PyArray_NDIM(param) != 2:
@@ -552,6 +566,111 @@ cdef class StepEngine:
         try:
             return self._rows_step(KERNEL_CEILING, tuple(indices_list), tuple(rows_list), tuple(params), True,
                                    assume_unique, NULL, num_threads)
+        finally:
+            PyThread_release_lock(self.lock)
+
+    cdef int _pack_proximal(self, ProximalArgs* a, double lr, double l1, double l2) except -1:
+        # The arguments of a proximal AdaGrad step (dense or rows), checked before anything is written.
+        if self.states is None:
+            raise ValueError("proximal AdaGrad needs accumulators (states)")
+        if not (lr > 0.0 and l1 >= 0.0 and l2 >= 0.0):
+            raise ValueError(f"expected lr > 0, l1 >= 0 and l2 >= 0, got lr={lr}, l1={l1}, l2={l2}")
+        a.lr = lr
+        a.l1 = l1
+        a.l2 = l2
+        a.has_l1 = l1 > 0.0
+        a.has_l2 = l2 > 0.0
+        return 0
+
+    cdef int _pack_adagrad_da(self, DualAveragingArgs* a, double lr, double l1, double l2) except -1:
+        # The arguments of a dual-averaging step with T = steps + 1; the products in double.
+        cdef double T = <double>(self.steps + 1)
+        if self.states is None or self.states2 is None:
+            raise ValueError("AdaGrad dual averaging needs squared sums (states) and gradient sums (states2)")
+        if not (lr > 0.0 and l1 >= 0.0 and l2 >= 0.0):
+            raise ValueError(f"expected lr > 0, l1 >= 0 and l2 >= 0, got lr={lr}, l1={l1}, l2={l2}")
+        a.lr = lr
+        a.l1T = l1 * T
+        a.l2Tlr = l2 * T * lr
+        a.has_l1 = l1 > 0.0
+        return 0
+
+    cdef bint _dense_step(self, int kernel, grads, const void* args, int num_threads,
+                          bint skip_if_nonfinite) except -1:
+        # A dense step of the proximal kernels: the lock is held by the caller.
+        self._load_grads(grads)
+        if skip_if_nonfinite and self._any_nonfinite(num_threads):
+            return False
+        with nogil:
+            _run(kernel, self.segs, self.k, self.total, num_threads, args)
+        self.steps += 1
+        return True
+
+    def proximal_adagrad(self, grads, double lr, double l1, double l2, int num_threads,
+                         bint skip_if_nonfinite=False):
+        """Take one proximal AdaGrad step (``states``: the accumulators G).
+
+        The rule is on the rules page of the docs (docs/rules.rst). Returns False, having written nothing,
+        when ``skip_if_nonfinite`` and a grad holds NaN or inf.
+        """
+        cdef ProximalArgs a
+        self._acquire()
+        try:
+            self._pack_proximal(&a, lr, l1, l2)
+            return self._dense_step(KERNEL_PROXIMAL_ADAGRAD, grads, &a, num_threads, skip_if_nonfinite)
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def proximal_adagrad_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr,
+                              double l1, double l2, int num_threads):
+        """Proximal AdaGrad on the rows ``indices`` of 2-D param ``index`` (validated by the caller).
+
+        Returns -1 after the step, or the position of the first index out of range (nothing written).
+        """
+        cdef ProximalArgs a
+        cdef Py_ssize_t bad
+        self._acquire()
+        try:
+            self._pack_proximal(&a, lr, l1, l2)
+            bad = self._rows_step(KERNEL_PROXIMAL_ADAGRAD, (indices,), (rows,), (index,), False, assume_unique,
+                                  &a, num_threads)
+            if bad == -1:
+                self.steps += 1
+            return bad
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def adagrad_da(self, grads, double lr, double l1, double l2, int num_threads,
+                   bint skip_if_nonfinite=False):
+        """Take one AdaGrad dual-averaging step with ``T = steps + 1`` (``states``: G, ``states2``: S).
+
+        The rule is on the rules page of the docs (docs/rules.rst). Returns False, having written nothing,
+        when ``skip_if_nonfinite`` and a grad holds NaN or inf.
+        """
+        cdef DualAveragingArgs a
+        self._acquire()
+        try:
+            self._pack_adagrad_da(&a, lr, l1, l2)
+            return self._dense_step(KERNEL_ADAGRAD_DA, grads, &a, num_threads, skip_if_nonfinite)
+        finally:
+            PyThread_release_lock(self.lock)
+
+    def adagrad_da_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr,
+                        double l1, double l2, int num_threads):
+        """AdaGrad dual averaging on the rows ``indices`` of 2-D param ``index``, ``T = steps + 1``.
+
+        Returns -1 after the step, or the position of the first index out of range (nothing written).
+        """
+        cdef DualAveragingArgs a
+        cdef Py_ssize_t bad
+        self._acquire()
+        try:
+            self._pack_adagrad_da(&a, lr, l1, l2)
+            bad = self._rows_step(KERNEL_ADAGRAD_DA, (indices,), (rows,), (index,), False, assume_unique, &a,
+                                  num_threads)
+            if bad == -1:
+                self.steps += 1
+            return bad
         finally:
             PyThread_release_lock(self.lock)
 

@@ -8,8 +8,8 @@
 # CPU features, OpenMP and compiler shims, compile flags; the thread setting and the fork flag, with the
 # Python functions that read them (set/get_num_threads, has_openmp, cpu_features, data_address).
 include "_platform.pxi"
-# The update rules, each formula once: AdaGrad (element-wise and row-wise), SGD, the lr decay; the
-# ceiling kernels (dense and sparse rows) and the non-finite scan.
+# The update rules, each formula once: AdaGrad (element-wise and row-wise), SGD, the lr decay, proximal
+# AdaGrad and AdaGrad dual averaging; the ceiling kernels (dense and sparse rows) and the non-finite scan.
 include "_rules.pxi"
 # The segment table, the one parallel walk over it, thread counts and split points.
 include "_parallel.pxi"

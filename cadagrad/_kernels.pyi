@@ -19,6 +19,7 @@ class StepEngine:
         explain: Callable[[object], object] | None,
         steps: int = 0,
         row_widths: Sequence[int] | None = None,
+        states2: Sequence[np.ndarray] | None = None,
     ) -> StepEngine: ...
     @property
     def size(self) -> int: ...
@@ -109,6 +110,46 @@ class StepEngine:
         rows_list: Sequence[np.ndarray],
         params: Sequence[int],
         assume_unique: bool,
+        num_threads: int,
+    ) -> int: ...
+    def proximal_adagrad(
+        self,
+        grads: _Arrays,
+        lr: float,
+        l1: float,
+        l2: float,
+        num_threads: int,
+        skip_if_nonfinite: bool = False,
+    ) -> bool: ...
+    def proximal_adagrad_rows(
+        self,
+        index: int,
+        indices: np.ndarray,
+        rows: np.ndarray,
+        assume_unique: bool,
+        lr: float,
+        l1: float,
+        l2: float,
+        num_threads: int,
+    ) -> int: ...
+    def adagrad_da(
+        self,
+        grads: _Arrays,
+        lr: float,
+        l1: float,
+        l2: float,
+        num_threads: int,
+        skip_if_nonfinite: bool = False,
+    ) -> bool: ...
+    def adagrad_da_rows(
+        self,
+        index: int,
+        indices: np.ndarray,
+        rows: np.ndarray,
+        assume_unique: bool,
+        lr: float,
+        l1: float,
+        l2: float,
         num_threads: int,
     ) -> int: ...
     def ceiling(self, grads: _Arrays, num_threads: int) -> None: ...

@@ -15,6 +15,7 @@ cdef struct Segment:
     # One tensor of a step: its buffers as raw pointers and its place in the flattened element range.
     char* param
     char* state            # AdaGrad: the accumulator G; SGD: the momentum buffer (NULL without momentum)
+    char* state2           # AdaGrad dual averaging: the gradient sum S; else NULL
     const char* grad       # refreshed at every step
     Py_ssize_t size
     Py_ssize_t start       # index of its first element in the concatenation of all segments
@@ -29,6 +30,30 @@ cdef enum:
     KERNEL_SGD = 1
     KERNEL_CEILING = 2
     KERNEL_CHECK_FINITE = 3     # reads the grads only; the range reports whether one is not finite
+    KERNEL_PROXIMAL_ADAGRAD = 4
+    KERNEL_ADAGRAD_DA = 5       # state: G, state2: S
+
+
+cdef inline void _proximal_span_at(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n, const floating* grad,
+                                   const void* args, bint dense) noexcept nogil:
+    # Elements [lo, lo + n) of a segment, stepped along grad: the proximal kernels, for the dense walk
+    # (grad = the segment's grad + lo) and the row walk (grad = a row's summed gradient). A dense step
+    # streams the params of a large dual-averaging segment (see STREAM_BYTES).
+    cdef floating* param = <floating*>s.param + lo
+    cdef bint stream = dense and s.size * <Py_ssize_t>sizeof(floating) >= STREAM_BYTES
+    if kernel == KERNEL_PROXIMAL_ADAGRAD:
+        _proximal_adagrad_span(param, grad, <floating*>s.state + lo, n, <const ProximalArgs*>args)
+    elif kernel == KERNEL_ADAGRAD_DA:
+        if stream:
+            _adagrad_da_span_streamed(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n,
+                                      <const DualAveragingArgs*>args)
+        else:
+            _adagrad_da_span(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n,
+                             <const DualAveragingArgs*>args)
+    elif stream:    # KERNEL_CEILING of a segment with two states
+        _ceiling_two_states_streamed(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n)
+    else:
+        _ceiling_two_states_span(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n)
 
 
 cdef inline bint _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
@@ -37,6 +62,13 @@ cdef inline bint _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t 
         if s.is_double:
             return _has_nonfinite_span(<const double*>s.grad + lo, n)
         return _has_nonfinite_span(<const float*>s.grad + lo, n)
+    if kernel == KERNEL_PROXIMAL_ADAGRAD or kernel == KERNEL_ADAGRAD_DA or (
+            kernel == KERNEL_CEILING and s.state2 != NULL):
+        if s.is_double:
+            _proximal_span_at(kernel, s, lo, n, <const double*>s.grad + lo, args, True)
+        else:
+            _proximal_span_at(kernel, s, lo, n, <const float*>s.grad + lo, args, True)
+        return False
     cdef Py_ssize_t row, last_row
     if s.cols > 0:
         # Row-wise segment: the rows whose first element lies in [lo, lo + n) belong to this range.

@@ -124,3 +124,37 @@ COMPILE_FLAGS = CG_COMPILE_FLAGS.decode()
 def cpu_features():
     """The instruction sets of this CPU that a kernel variant may need (checked with the OS's support)."""
     return {"avx2": bool(cg_cpu_has_avx2()), "avx512": bool(cg_cpu_has_avx512())}
+
+
+cdef extern from *:
+    """
+    /* Copies n floats or doubles to dst with non-temporal stores where the CPU has them (x86-64: SSE2),
+       past the caches: for a large buffer that a step writes without reading (AdaGrad dual averaging's
+       params), whose cache lines then need no read for ownership. A plain copy elsewhere. The bits are
+       copied, never converted. Ends with a store fence, so the stores are visible after the parallel
+       region like ordinary ones. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #include <stdint.h>
+    static void cg_stream_f32(float* dst, const float* src, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i < n && ((uintptr_t)(dst + i) & 15) != 0; i++) dst[i] = src[i];
+        for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+        for (; i < n; i++) dst[i] = src[i];
+        _mm_sfence();
+    }
+    static void cg_stream_f64(double* dst, const double* src, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i < n && ((uintptr_t)(dst + i) & 15) != 0; i++) dst[i] = src[i];
+        for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+        for (; i < n; i++) dst[i] = src[i];
+        _mm_sfence();
+    }
+    #else
+    #include <string.h>
+    static void cg_stream_f32(float* dst, const float* src, Py_ssize_t n) { memcpy(dst, src, n * sizeof(float)); }
+    static void cg_stream_f64(double* dst, const double* src, Py_ssize_t n) { memcpy(dst, src, n * sizeof(double)); }
+    #endif
+    """
+    void cg_stream_f32(float* dst, const float* src, Py_ssize_t n) noexcept nogil
+    void cg_stream_f64(double* dst, const double* src, Py_ssize_t n) noexcept nogil

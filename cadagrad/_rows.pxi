@@ -213,6 +213,8 @@ cdef void _apply_rows_typed(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssi
             cg_prefetch(param + ahead * width, row_bytes, 1)
             if state != NULL:
                 cg_prefetch(state + ahead * state_width, state_bytes, 1)
+            if s.state2 != NULL:
+                cg_prefetch(<floating*>s.state2 + ahead * width, row_bytes, 1)
         if unique:
             row = _read_index(t.indices, t.wide, u)
             g = rows + u * width
@@ -227,7 +229,9 @@ cdef void _apply_rows_typed(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssi
                 for c in range(width):
                     acc[c] = acc[c] + src[c]
             g = acc
-        if kernel == KERNEL_ADAGRAD:
+        if kernel == KERNEL_PROXIMAL_ADAGRAD or kernel == KERNEL_ADAGRAD_DA:
+            _proximal_span_at(kernel, s, row * width, width, g, args, False)
+        elif kernel == KERNEL_ADAGRAD:
             if s.cols > 0:
                 _adagrad_rowwise_rows(param + row * width, g, state + row, 1, width, <const AdagradArgs*>args)
             else:

@@ -38,6 +38,7 @@ from . import bench_dlrm, reference
 from ._threads import build_info, get_num_threads, set_num_threads
 from .functional import memory_ceiling
 from .optim import SGD, Adagrad
+from .proximal import AdagradDA, ProximalAdagrad
 
 FULL_SIZES = tuple(1 << k for k in range(10, 27, 2))     # 2^10 .. 2^26
 QUICK_SIZES = (1 << 10, 1 << 16, 1 << 22)
@@ -371,6 +372,69 @@ def format_sparse_table(results: dict[int, Samples]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The proximal section: ProximalAdagrad and AdagradDA against an AdaGrad step of the same size
+
+PROXIMAL_SIZE = 1 << 24                                  # float32 elements (--quick: 2^22)
+PROXIMAL_ALGORITHMS = {
+    # name: (factory, arrays a step moves: reads + writes, element-wise)
+    "proximal adagrad": (lambda ps: ProximalAdagrad(ps, lr=0.01, l1=1e-4, l2=1e-4), 5),
+    "adagrad da": (lambda ps: AdagradDA(ps, lr=0.01, l1=1e-4, l2=1e-4), 6),  # reads g, S, G; writes S, G, p
+}
+
+
+@dataclass
+class ProximalCase:
+    algorithm: str
+    size: int
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.algorithm} float32 2^{self.size.bit_length() - 1}"
+
+
+def proximal_implementations(case: ProximalCase) -> dict[str, Callable[[], None]]:
+    """The optimizer's step, an AdaGrad step of the same size (own buffers) and the ceiling on its buffers."""
+    rng = np.random.default_rng(0)
+    param = rng.standard_normal(case.size).astype(np.float32)
+    grad = (rng.standard_normal(case.size) * 1e-3).astype(np.float32)
+    opt = PROXIMAL_ALGORITHMS[case.algorithm][0](param)
+    adagrad = Adagrad(param.copy(), lr=0.01)
+    second = opt.grad_sums if isinstance(opt, AdagradDA) else None
+    ceiling = memory_ceiling(opt.params, opt.sums, states2=second)
+    return {
+        "cadagrad": lambda: opt.step(grad),
+        "adagrad": lambda: adagrad.step(grad),
+        "ceiling": lambda: ceiling([grad]),
+    }
+
+
+def measure_proximal(case: ProximalCase, *, repeats: int) -> tuple[ProximalCase, Samples]:
+    set_num_threads(case.threads)
+    return case, interleave(proximal_implementations(case), repeats)
+
+
+def format_proximal_table(results: list[tuple[ProximalCase, Samples]]) -> str:
+    """A Markdown table: time, bandwidth, time over AdaGrad's (target <= 1.4) and the ceiling ratio."""
+    marks = Marks()
+    rows = [["case", "threads", "median", "spread", "GB/s", "x adagrad time", "ceiling"]]
+    for case, s in results:
+        label = f"{case.label}, {case.threads} threads"
+        t = s.median("cadagrad")
+        moved = PROXIMAL_ALGORITHMS[case.algorithm][1] * 4 * case.size
+        rows.append([
+            case.label,
+            str(case.threads),
+            _format_time(t),
+            f"{spread(s.times['cadagrad']):.0%}",
+            f"{moved / t / 1e9:.1f}",
+            marks.cell(label, "x adagrad time", s.ratio("cadagrad", "adagrad")),
+            marks.cell(label, "ceiling", s.ratio("ceiling", "cadagrad"), above=1.0),
+        ])
+    return "\n".join([markdown_table(rows), *marks.notes()])
+
+
+# ---------------------------------------------------------------------------------------------------
 # Sections and the command line
 
 
@@ -417,6 +481,16 @@ SPARSE = Section(
 )
 
 
+PROXIMAL = Section(
+    "proximal", "ProximalAdagrad and AdagradDA, 2^24 float32 (--quick: 2^22): time over an AdaGrad step's",
+    cases=lambda s: [
+        ProximalCase(name, QUICK_SIZES[-1] if s.quick else PROXIMAL_SIZE, n)
+        for n in s.threads for name in PROXIMAL_ALGORITHMS
+    ],
+    measure=lambda case, s: measure_proximal(case, repeats=s.repeats),
+    report=lambda results, s: format_proximal_table(results),
+)
+
 
 @dataclass(frozen=True)
 class DlrmCase:
@@ -444,7 +518,7 @@ DLRM = Section(
 )
 
 # The report's sections, in order; ``--sections`` picks some by name.
-SECTIONS: list[Section] = [DENSE, SPARSE, DLRM]
+SECTIONS: list[Section] = [DENSE, SPARSE, PROXIMAL, DLRM]
 
 
 def _case_label(case: Any) -> str:

@@ -5,11 +5,13 @@ Layout (format version 1), one NumPy array per key, no pickles:
 ==================  ===========================================================================
 ``format``          the string ``"cadagrad-checkpoint"``
 ``version``         the format version, an int (1)
-``optimizer``       ``"Adagrad"`` or ``"SGD"``
+``optimizer``       the class name: ``"Adagrad"``, ``"SGD"``, ``"ProximalAdagrad"`` or ``"AdagradDA"``
 ``step``            the step count, an int
 ``hyperparameters`` a JSON object (floats round-trip exactly: JSON keeps Python's shortest repr)
 ``state_count``     the number of state arrays; -1 when the optimizer keeps none (SGD without momentum)
 ``state_0000`` ...  the per-param state (AdaGrad's ``sum``, SGD's ``momentum_buffer``), in param order
+``<key>_count``     only for an optimizer with a second state per param (``AdagradDA``: ``grad_sum``):
+``<key>_0000`` ...  its count and arrays, as ``state_count`` and ``state_0000`` for the first
 ==================  ===========================================================================
 
 The params themselves are not in the checkpoint: they are the caller's arrays (save them beside it).
@@ -32,20 +34,24 @@ FORMAT = "cadagrad-checkpoint"
 VERSION = 1
 
 
-def save_state_dict(state_dict: dict[str, Any], state_key: str, path: str | os.PathLike) -> None:
+def save_state_dict(
+    state_dict: dict[str, Any], state_key: str | tuple[str, ...], path: str | os.PathLike
+) -> None:
     """Write ``state_dict`` (from an optimizer's ``state_dict()``) to ``path`` atomically.
 
     Parameters
     ----------
     state_dict : dict
         What :meth:`cadagrad.Adagrad.state_dict` or :meth:`cadagrad.SGD.state_dict` returned.
-    state_key : str
-        The key of its per-param arrays: ``"sum"`` (AdaGrad) or ``"momentum_buffer"`` (SGD).
+    state_key : str or tuple of str
+        The key of its per-param arrays: ``"sum"`` (AdaGrad) or ``"momentum_buffer"`` (SGD); or the keys,
+        first one first, of an optimizer with two states per param (``("sum", "grad_sum")``).
     path : str or os.PathLike
         The file to write (``.npz``); replaced atomically if it exists.
     """
     path = os.fspath(path)
-    states = state_dict[state_key]
+    keys = (state_key,) if isinstance(state_key, str) else tuple(state_key)
+    states = state_dict[keys[0]]
     arrays = {
         "format": np.array(FORMAT),
         "version": np.array(VERSION),
@@ -56,6 +62,11 @@ def save_state_dict(state_dict: dict[str, Any], state_key: str, path: str | os.P
     }
     for i, array in enumerate(states or []):
         arrays[f"state_{i:04d}"] = array
+    for key in keys[1:]:
+        more = state_dict[key]
+        arrays[f"{key}_count"] = np.array(-1 if more is None else len(more), dtype=np.int64)
+        for i, array in enumerate(more or []):
+            arrays[f"{key}_{i:04d}"] = array
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".cadagrad-", suffix=".npz.tmp", dir=directory)
     try:
@@ -76,15 +87,15 @@ def save_state_dict(state_dict: dict[str, Any], state_key: str, path: str | os.P
             os.close(dir_fd)
 
 
-def load_state_dict(path: str | os.PathLike, state_key: str) -> dict[str, Any]:
+def load_state_dict(path: str | os.PathLike, state_key: str | tuple[str, ...]) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_state_dict` back into a state dict.
 
     Parameters
     ----------
     path : str or os.PathLike
         The checkpoint file.
-    state_key : str
-        The key under which to return the per-param arrays (as in :func:`save_state_dict`).
+    state_key : str or tuple of str
+        The key (or keys) under which to return the per-param arrays (as in :func:`save_state_dict`).
 
     Returns
     -------
@@ -99,6 +110,7 @@ def load_state_dict(path: str | os.PathLike, state_key: str) -> dict[str, Any]:
         another kind of file); the message names the path.
     """
     path = os.fspath(path)
+    keys = (state_key,) if isinstance(state_key, str) else tuple(state_key)
     try:
         with np.load(path, allow_pickle=False) as data:
             files = set(data.files)
@@ -109,12 +121,17 @@ def load_state_dict(path: str | os.PathLike, state_key: str) -> dict[str, Any]:
                 raise ValueError(f"{path}: checkpoint format version {version}, expected {VERSION}")
             count = int(data["state_count"])
             states = None if count < 0 else [data[f"state_{i:04d}"] for i in range(count)]
+            more = {}
+            for key in keys[1:]:
+                n = int(data[f"{key}_count"])
+                more[key] = None if n < 0 else [data[f"{key}_{i:04d}"] for i in range(n)]
             return {
                 "optimizer": str(data["optimizer"]),
                 "version": 1,
                 "step": int(data["step"]),
                 "hyperparameters": json.loads(str(data["hyperparameters"])),
-                state_key: states,
+                keys[0]: states,
+                **more,
             }
     except (zipfile.BadZipFile, EOFError, KeyError, OSError, json.JSONDecodeError) as exc:
         if isinstance(exc, FileNotFoundError):

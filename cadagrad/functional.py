@@ -1,4 +1,4 @@
-"""One step of AdaGrad or SGD on buffers the caller owns (no optimizer object).
+"""One step of AdaGrad, SGD, proximal AdaGrad or AdaGrad dual averaging on buffers the caller owns.
 
 Every call validates all of its arrays, then runs the same compiled kernels as cadagrad.optim. For a
 loop over many small steps, an optimizer object is cheaper: it validates its params once.
@@ -15,16 +15,30 @@ from ._checks import Params
 from ._kernels import StepEngine
 
 
-def _engine(params: Params, grads: Params, states: Params | None, states_name: str, steps: int) -> StepEngine:
+def _engine(
+    params: Params,
+    grads: Params,
+    states: Params | None,
+    states_name: str,
+    steps: int,
+    states2: Params | None = None,
+    states2_name: str = "",
+) -> StepEngine:
     # states=None only where the rule keeps none (SGD without momentum); AdaGrad always passes its sums.
+    # states2: the second state of AdaGrad dual averaging (its gradient sums), else None.
     arrays, single = _checks.check_params(params)
     state_arrays = None if states is None else _checks.check_states(states, arrays, single, states_name)
-    _checks.check_grads(grads, arrays, single, state_arrays)
+    second = None
+    if states2 is not None:
+        second = _checks.check_second_states(states2, state_arrays, arrays, single, states2_name, states_name)
 
     def explain(grads: object) -> None:
         _checks.check_grads(grads, arrays, single, state_arrays)
+        if second is not None:
+            _checks.check_grads(grads, arrays, single, second)
 
-    return StepEngine(arrays, state_arrays, single, explain, steps)
+    explain(grads)
+    return StepEngine(arrays, state_arrays, single, explain, steps, None, second)
 
 
 def adagrad_step(
@@ -130,7 +144,11 @@ def sgd_step(
 
 
 def memory_ceiling(
-    params: Params, states: Params | None = None, *, num_threads: int | None = None
+    params: Params,
+    states: Params | None = None,
+    *,
+    states2: Params | None = None,
+    num_threads: int | None = None,
 ) -> Callable[[Params], None]:
     """A kernel with a step's memory traffic and almost no arithmetic: the speed limit of a step.
 
@@ -143,6 +161,10 @@ def memory_ceiling(
         As for the steps; written.
     states : ndarray or sequence of ndarray, optional
         One state buffer per param (as ``sums``), for the traffic of a step with state; written.
+    states2 : ndarray or sequence of ndarray, optional
+        A second state buffer per param (as AdaGrad dual averaging's ``grad_sums``; needs ``states``):
+        then the traffic is that rule's, reading grads and both states and writing both states and the
+        params, which are not read (``s2 = s2 + g``, ``s = s + g * g``, ``p = s2``).
     num_threads : int or None, default None
         As for the steps.
 
@@ -156,12 +178,19 @@ def memory_ceiling(
     threads = _checks.check_num_threads(num_threads)
     arrays, single = _checks.check_params(params)
     state_arrays = None if states is None else _checks.check_states(states, arrays, single, "states")
+    second = None
+    if states2 is not None:
+        if state_arrays is None:
+            raise ValueError("states2: needs states")
+        second = _checks.check_second_states(states2, state_arrays, arrays, single, "states2", "states")
 
     def explain(grads: object) -> None:
         _checks.explain_changed(arrays, state_arrays, [(p.size, p.dtype) for p in arrays])
         _checks.check_grads(grads, arrays, single, state_arrays)
+        if second is not None:
+            _checks.check_grads(grads, arrays, single, second)
 
-    engine = StepEngine(arrays, state_arrays, single, explain, 0)
+    engine = StepEngine(arrays, state_arrays, single, explain, 0, None, second)
     return lambda grads: engine.ceiling(grads, threads)
 
 
@@ -213,5 +242,97 @@ def rows_memory_ceiling(
     return run
 
 
-__all__ = ["adagrad_step", "sgd_step", "memory_ceiling", "rows_memory_ceiling"]
+def proximal_adagrad_step(
+    params: Params,
+    grads: Params,
+    sums: Params,
+    *,
+    lr: float,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    num_threads: int | None = None,
+    skip_if_nonfinite: bool = False,
+) -> bool:
+    """Apply one proximal AdaGrad step to ``params`` and their accumulators ``sums``, in place.
+
+    The rule is that of :class:`cadagrad.ProximalAdagrad` (see its docstring); it does not depend on the
+    step count. Start ``sums`` at a value > 0 (the optimizer's default is 0.1).
+
+    Parameters
+    ----------
+    params, grads, sums : ndarray or sequence of ndarray
+        Same structure, shapes and float dtype; params and sums are written.
+    lr, l1, l2, num_threads
+        As for :class:`cadagrad.ProximalAdagrad`.
+    skip_if_nonfinite : bool, default False
+        Write nothing if any grad holds NaN or infinity.
+
+    Returns
+    -------
+    bool
+        True if the step was taken, False if it was skipped.
+    """
+    hyper = _checks.proximal_hyperparameters(
+        lr=lr, l1=l1, l2=l2, initial_accumulator_value=_checks.PROXIMAL_INITIAL_ACCUMULATOR
+    )
+    threads = _checks.check_num_threads(num_threads)
+    skip = _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite")
+    if sums is None:
+        raise TypeError("sums: expected the accumulators (an ndarray or a list of them), got None")
+    return _engine(params, grads, sums, "sums", 0).proximal_adagrad(
+        grads, hyper["lr"], hyper["l1"], hyper["l2"], threads, skip
+    )
+
+
+def adagrad_da_step(
+    params: Params,
+    grads: Params,
+    grad_sums: Params,
+    sums: Params,
+    *,
+    step: int,
+    lr: float,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    num_threads: int | None = None,
+    skip_if_nonfinite: bool = False,
+) -> bool:
+    """Apply AdaGrad dual-averaging step ``step`` (``T``) to ``params``, ``grad_sums`` and ``sums``, in place.
+
+    The rule is that of :class:`cadagrad.AdagradDA` (see its docstring). Start ``grad_sums`` at 0 and
+    ``sums`` at a value > 0 (the optimizer's default is 0.1). The params are written, never read.
+
+    Parameters
+    ----------
+    params, grads, grad_sums, sums : ndarray or sequence of ndarray
+        Same structure, shapes and float dtype; params, grad_sums (``S``) and sums (``G``) are written.
+    step : int
+        The 1-based index of this step (``T`` of the rule).
+    lr, l1, l2, num_threads
+        As for :class:`cadagrad.AdagradDA`.
+    skip_if_nonfinite : bool, default False
+        Write nothing if any grad holds NaN or infinity.
+
+    Returns
+    -------
+    bool
+        True if the step was taken, False if it was skipped.
+    """
+    hyper = _checks.proximal_hyperparameters(
+        lr=lr, l1=l1, l2=l2, initial_accumulator_value=_checks.PROXIMAL_INITIAL_ACCUMULATOR
+    )
+    t = _checks.check_step(step)
+    threads = _checks.check_num_threads(num_threads)
+    skip = _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite")
+    for value, name in ((grad_sums, "grad_sums"), (sums, "sums")):
+        if value is None:
+            raise TypeError(f"{name}: expected an ndarray or a list of them, like params, got None")
+    return _engine(params, grads, sums, "sums", t - 1, grad_sums, "grad_sums").adagrad_da(
+        grads, hyper["lr"], hyper["l1"], hyper["l2"], threads, skip
+    )
+
+
+__all__ = [
+    "adagrad_step", "sgd_step", "proximal_adagrad_step", "adagrad_da_step", "memory_ceiling", "rows_memory_ceiling",
+]
 

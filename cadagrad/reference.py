@@ -161,3 +161,130 @@ class SGD:
         p[named] = p_rows
         if buf_rows is not None:
             self.momentum_buffers[param][named] = buf_rows
+
+
+def sign(x):
+    """``np.sign``: 1 for x > 0, -1 for x < 0, +0.0 for +0.0 and -0.0, NaN for NaN (the kernels' too)."""
+    return np.sign(x)
+
+
+def positive_part(x):
+    """``max(x, 0)`` as the kernels compute it: ``x`` if ``x > 0`` or NaN, else +0.0 (never -0.0)."""
+    return np.where(x <= 0, x.dtype.type(0), x)
+
+
+class ProximalAdagrad:
+    """Proximal AdaGrad with l1 and l2 (TensorFlow's ``ProximalAdagradOptimizer``), in plain NumPy.
+
+    At step ``t``, for every element, in the param's dtype (``lr``, ``l1``, ``l2`` each rounded to it)::
+
+        G   = G + g*g
+        lrt = lr / sqrt(G)
+        v   = p - lrt*g
+        v   = sign(v) * max(|v| - lrt*l1, 0)                    only if l1 > 0
+        v   = v / (1 + lrt*l2)                                  only if l2 > 0
+        p   = v
+
+    The rules page of the documentation, section "Proximal AdaGrad", is the full statement.
+    ``step_rows`` sums duplicate rows first and updates the named rows only.
+
+    Parameters
+    ----------
+    params : ndarray or list of ndarray
+        Updated in place; nothing is validated.
+    lr, l1, l2, initial_accumulator_value : optional
+        As for :class:`cadagrad.ProximalAdagrad`.
+    num_threads : optional
+        Ignored (the reference is serial).
+    """
+
+    def __init__(self, params, lr, *, l1=0.0, l2=0.0, initial_accumulator_value=0.1, num_threads=None):
+        self.params = _as_list(params)
+        self.lr, self.l1, self.l2 = lr, l1, l2
+        self.sums = [np.full(p.shape, initial_accumulator_value, dtype=p.dtype) for p in self.params]
+        self.step_count = 0
+
+    def _update(self, p, g, G):
+        dtype = p.dtype.type
+        lr, l1, l2 = dtype(self.lr), dtype(self.l1), dtype(self.l2)
+        G += g * g
+        lrt = lr / np.sqrt(G)
+        v = p - lrt * g
+        if self.l1 > 0:
+            v = sign(v) * positive_part(np.abs(v) - lrt * l1)
+        if self.l2 > 0:                                   # with l2 == 0 the division by 1 is skipped
+            v = v / (dtype(1) + lrt * l2)
+        p[...] = v
+
+    def step(self, grads):
+        self.step_count += 1
+        for p, g, G in zip(self.params, _as_list(grads), self.sums):
+            self._update(p, g, G)
+
+    def step_rows(self, indices, rows, *, param=0, assume_unique=False):
+        self.step_count += 1
+        p, G = self.params[param], self.sums[param]
+        named, g = _summed_rows(indices, rows, assume_unique)
+        p_rows, G_rows = p[named], G[named]
+        self._update(p_rows, g, G_rows)
+        p[named], G[named] = p_rows, G_rows
+
+
+class AdagradDA:
+    """AdaGrad dual averaging with l1 and l2 (TensorFlow's ``AdagradDAOptimizer``), in plain NumPy.
+
+    Keeps the gradient sum ``S`` (from 0) and the squared sum ``G`` (from ``initial_accumulator_value``).
+    At step ``t`` (``T = t``), for every element, in the param's dtype::
+
+        S  = S + g
+        G  = G + g*g
+        p  = -sign(S) * lr * max(|S| - l1T, 0) / (l2Tlr + sqrt(G))     if l1 > 0
+        p  = -lr * S / (l2Tlr + sqrt(G))                               otherwise
+
+    with ``l1T = l1*T`` and ``l2Tlr = (l2*T)*lr`` computed once per step in double precision, then
+    rounded to the dtype; ``lr`` is rounded to the dtype. The previous ``p`` does not enter. The rules
+    page of the documentation, section "AdaGrad dual averaging", is the full statement.
+
+    Parameters
+    ----------
+    params : ndarray or list of ndarray
+        Updated in place; nothing is validated.
+    lr, l1, l2, initial_accumulator_value : optional
+        As for :class:`cadagrad.AdagradDA`.
+    num_threads : optional
+        Ignored (the reference is serial).
+    """
+
+    def __init__(self, params, lr, *, l1=0.0, l2=0.0, initial_accumulator_value=0.1, num_threads=None):
+        self.params = _as_list(params)
+        self.lr, self.l1, self.l2 = lr, l1, l2
+        self.grad_sums = [np.zeros(p.shape, dtype=p.dtype) for p in self.params]
+        self.sums = [np.full(p.shape, initial_accumulator_value, dtype=p.dtype) for p in self.params]
+        self.step_count = 0
+
+    def _update(self, p, g, S, G):
+        dtype = p.dtype.type
+        T = self.step_count
+        lr = dtype(self.lr)
+        l1T = dtype(self.l1 * T)                          # in double (Python float), then cast
+        l2Tlr = dtype(self.l2 * T * self.lr)
+        S += g
+        G += g * g
+        denominator = l2Tlr + np.sqrt(G)
+        if self.l1 > 0:
+            p[...] = -sign(S) * lr * positive_part(np.abs(S) - l1T) / denominator
+        else:
+            p[...] = -lr * S / denominator
+
+    def step(self, grads):
+        self.step_count += 1
+        for p, g, S, G in zip(self.params, _as_list(grads), self.grad_sums, self.sums):
+            self._update(p, g, S, G)
+
+    def step_rows(self, indices, rows, *, param=0, assume_unique=False):
+        self.step_count += 1
+        p, S, G = self.params[param], self.grad_sums[param], self.sums[param]
+        named, g = _summed_rows(indices, rows, assume_unique)
+        p_rows, S_rows, G_rows = p[named], S[named], G[named]
+        self._update(p_rows, g, S_rows, G_rows)
+        p[named], S[named], G[named] = p_rows, S_rows, G_rows

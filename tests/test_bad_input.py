@@ -44,6 +44,10 @@ def state_arrays(opt) -> list[np.ndarray]:
         return []
     if isinstance(opt, cadagrad.Adagrad):
         return opt.sums
+    if isinstance(opt, cadagrad.AdagradDA):
+        return opt.sums + opt.grad_sums
+    if isinstance(opt, cadagrad.ProximalAdagrad):
+        return opt.sums
     return opt.momentum_buffers or []
 
 
@@ -151,8 +155,10 @@ OPTIMIZERS = {
     ),
     "sgd": lambda ps: cadagrad.SGD(ps, lr=0.1, weight_decay=0.01),
     "sgd_momentum": lambda ps: cadagrad.SGD(ps, lr=0.1, momentum=0.9, dampening=0.1),
+    "proximal_adagrad": lambda ps: cadagrad.ProximalAdagrad(ps, lr=0.1, l1=0.01, l2=0.01),
+    "adagrad_da": lambda ps: cadagrad.AdagradDA(ps, lr=0.1, l1=0.01, l2=0.01),
 }
-STATEFUL = ("adagrad", "sgd_momentum")
+STATEFUL = ("adagrad", "sgd_momentum", "proximal_adagrad", "adagrad_da")
 
 
 def make_optimizer_setup(rng, kind: str) -> Setup:
@@ -199,6 +205,8 @@ CONSTRUCTORS = [
     pytest.param(lambda ps: cadagrad.Adagrad(ps), id="Adagrad"),
     pytest.param(lambda ps: cadagrad.SGD(ps, lr=0.1), id="SGD"),
     pytest.param(lambda ps: cadagrad.SGD(ps, lr=0.1, momentum=0.9), id="SGD-momentum"),
+    pytest.param(lambda ps: cadagrad.ProximalAdagrad(ps, lr=0.1), id="ProximalAdagrad"),
+    pytest.param(lambda ps: cadagrad.AdagradDA(ps, lr=0.1), id="AdagradDA"),
 ]
 
 
@@ -487,23 +495,41 @@ BAD_THREADS = [
 
 ADAGRAD_NUMBERS = ("lr", "lr_decay", "weight_decay", "eps", "initial_accumulator_value")
 SGD_NUMBERS = ("lr", "momentum", "weight_decay")
+PROXIMAL_NUMBERS = ("lr", "l1", "l2", "initial_accumulator_value")
+PROXIMAL_CLASSES = (cadagrad.ProximalAdagrad, cadagrad.AdagradDA)
 
 
 def construct(cls, **options):
-    if cls is cadagrad.SGD:
+    if cls is cadagrad.SGD or cls in PROXIMAL_CLASSES:
         options.setdefault("lr", 0.1)
     return lambda params: cls(params, **options)
 
 
 @pytest.mark.parametrize(
     "cls, name",
-    [(cadagrad.Adagrad, n) for n in ADAGRAD_NUMBERS] + [(cadagrad.SGD, n) for n in SGD_NUMBERS],
+    [(cadagrad.Adagrad, n) for n in ADAGRAD_NUMBERS] + [(cadagrad.SGD, n) for n in SGD_NUMBERS]
+    + [(cls, n) for cls in PROXIMAL_CLASSES for n in PROXIMAL_NUMBERS],
     ids=lambda v: v.__name__ if isinstance(v, type) else v,
 )
 @pytest.mark.parametrize("value, exc", BAD_NUMBERS)
 def test_bad_number_hyperparameter_is_refused(rng, cls, name, value, exc):
     s = make_setup(rng)
     assert_untouched(s.arrays(), lambda: construct(cls, **{name: value})(s.params), exc, rf"^{name}:")
+
+
+@pytest.mark.parametrize("cls", PROXIMAL_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", ["lr", "initial_accumulator_value"])
+@pytest.mark.parametrize("value", [0.0, -0.0, 0])
+def test_proximal_lr_and_initial_accumulator_must_be_positive(rng, cls, name, value):
+    s = make_setup(rng)
+    make = construct(cls, **{name: value})
+    assert_untouched(s.arrays(), lambda: make(s.params), ValueError, rf"^{name}: expected a value > 0, got")
+
+
+@pytest.mark.parametrize("cls", PROXIMAL_CLASSES, ids=lambda c: c.__name__)
+def test_proximal_lr_is_required(rng, cls):
+    s = make_setup(rng)
+    assert_untouched(s.arrays(), lambda: cls(s.params), TypeError, "lr")
 
 
 @pytest.mark.parametrize("value, exc", NON_FINITE_OR_NOT_A_NUMBER)
@@ -571,6 +597,7 @@ def test_nesterov_needs_momentum_and_no_dampening(rng, options):
 VALIDATED_ATTRIBUTES = [
     *[("adagrad", n) for n in ("lr", "lr_decay", "weight_decay", "eps")],
     *[("sgd_momentum", n) for n in ("lr", "weight_decay")],
+    *[(k, n) for k in ("proximal_adagrad", "adagrad_da") for n in ("lr", "l1", "l2")],
 ]
 FIXED_ATTRIBUTES = [
     ("adagrad", "initial_accumulator_value", 0.5),
@@ -581,6 +608,8 @@ FIXED_ATTRIBUTES = [
     ("sgd_momentum", "dampening", 0.0),
     ("sgd_momentum", "nesterov", True),
     ("sgd_momentum", "maximize", True),
+    ("proximal_adagrad", "initial_accumulator_value", 0.5),
+    ("adagrad_da", "initial_accumulator_value", 0.5),
 ]
 
 
@@ -640,6 +669,10 @@ def source_state_dict(rng, kind):
     s = make_setup(rng)
     if kind == "adagrad":
         source = cadagrad.Adagrad(s.params, lr=0.5, lr_decay=0.1, eps=1e-6, initial_accumulator_value=0.3)
+    elif kind == "proximal_adagrad":
+        source = cadagrad.ProximalAdagrad(s.params, lr=0.5, l1=0.2, l2=0.1, initial_accumulator_value=0.3)
+    elif kind == "adagrad_da":
+        source = cadagrad.AdagradDA(s.params, lr=0.5, l1=0.2, l2=0.1, initial_accumulator_value=0.3)
     else:
         source = cadagrad.SGD(s.params, lr=0.5, momentum=0.5, dampening=0.2)
     for _ in range(3):
@@ -648,7 +681,7 @@ def source_state_dict(rng, kind):
 
 
 def other_class_state_dict(rng, kind):
-    return source_state_dict(rng, "sgd_momentum" if kind == "adagrad" else "adagrad")
+    return source_state_dict(rng, "adagrad" if kind == "sgd_momentum" else "sgd_momentum")
 
 
 def set_hyper(name, value):
@@ -750,7 +783,7 @@ SGD_BAD_STATE_DICTS = [
 def check_bad_state_dict_refused(rng, kind, mutate, exc, match):
     s, twin = optimizer_and_twin(rng, kind)
     sd = source_state_dict(rng, kind)
-    key = "sum" if kind == "adagrad" else "momentum_buffer"
+    key = "momentum_buffer" if kind == "sgd_momentum" else "sum"
     bad = mutate(copy.deepcopy(sd), key, other_class_state_dict(rng, kind))
     held = bad.get(key) if isinstance(bad, dict) else None
     held = [held] if isinstance(held, np.ndarray) else list(held or [])
@@ -771,6 +804,8 @@ def test_the_source_state_dict_itself_loads(rng, kind):
 @pytest.mark.parametrize("kind", STATEFUL)
 @pytest.mark.parametrize("mutate, exc, match", COMMON_BAD_STATE_DICTS)
 def test_bad_state_dict_is_refused_and_optimizer_unchanged(rng, kind, mutate, exc, match):
+    if kind in ("proximal_adagrad", "adagrad_da") and match in (r"^weight_decay:", r"^maximize:"):
+        exc, match = ValueError, r"^state_dict\['hyperparameters'\]:"   # no such option: its key is refused
     check_bad_state_dict_refused(rng, kind, mutate, exc, match)
 
 
@@ -782,6 +817,34 @@ def test_bad_adagrad_state_dict_is_refused_and_optimizer_unchanged(rng, mutate, 
 @pytest.mark.parametrize("mutate, exc, match", SGD_BAD_STATE_DICTS)
 def test_bad_sgd_state_dict_is_refused_and_optimizer_unchanged(rng, mutate, exc, match):
     check_bad_state_dict_refused(rng, "sgd_momentum", mutate, exc, match)
+
+
+PROXIMAL_BAD_STATE_DICTS = [
+    pytest.param(set_hyper("lr", 0.0), ValueError, r"^lr: expected a value > 0", id="zero-lr"),
+    pytest.param(set_hyper("l1", -0.5), ValueError, r"^l1:", id="negative-l1"),
+    pytest.param(set_hyper("l2", math.inf), ValueError, r"^l2:", id="inf-l2"),
+    pytest.param(set_hyper("initial_accumulator_value", 0.0), ValueError, r"^initial_accumulator_value:",
+                 id="zero-initial-accumulator"),
+]
+DA_BAD_STATE_DICTS = [
+    pytest.param(drop("grad_sum"), ValueError, r"^state_dict:", id="missing-grad-sum"),
+    pytest.param(set_entry("grad_sum", None), ValueError, r"^state_dict\['grad_sum'\]:", id="grad-sum-None"),
+    pytest.param(lambda sd, key, other: (sd.__setitem__("grad_sum", sd["grad_sum"][:2]), sd)[1], ValueError,
+                 r"^state_dict\['grad_sum'\]:", id="grad-sum-list-too-short"),
+    pytest.param(lambda sd, key, other: (sd["grad_sum"].__setitem__(1, sd["grad_sum"][1][:-1]), sd)[1],
+                 ValueError, r"^state_dict\['grad_sum'\]\[1\]:", id="grad-sum-wrong-shape"),
+]
+
+
+@pytest.mark.parametrize("kind", ["proximal_adagrad", "adagrad_da"])
+@pytest.mark.parametrize("mutate, exc, match", PROXIMAL_BAD_STATE_DICTS)
+def test_bad_proximal_state_dict_is_refused_and_optimizer_unchanged(rng, kind, mutate, exc, match):
+    check_bad_state_dict_refused(rng, kind, mutate, exc, match)
+
+
+@pytest.mark.parametrize("mutate, exc, match", DA_BAD_STATE_DICTS)
+def test_bad_adagrad_da_grad_sums_are_refused_and_optimizer_unchanged(rng, mutate, exc, match):
+    check_bad_state_dict_refused(rng, "adagrad_da", mutate, exc, match)
 
 
 def test_sgd_state_dict_without_momentum_into_adagrad_is_refused(rng):
@@ -862,6 +925,52 @@ def test_sgd_step_refuses_bad_momentum_buffers(fs, make_bad, exc, match):
     assert_untouched(fs.arrays(), sgd_call(fs, buffers=buffers), exc, match.format("momentum_buffers"))
 
 
+def proximal_call(fs, *, grads=None, sums=None, **options):
+    grads = fs.grads if grads is None else grads
+    sums = fs.sums if sums is None else sums
+    options.setdefault("lr", 0.1)
+    return lambda: cadagrad.proximal_adagrad_step(fs.params, grads, sums, **options)
+
+
+def adagrad_da_call(fs, *, grads=None, grad_sums=None, sums=None, **options):
+    grads = fs.grads if grads is None else grads
+    grad_sums = fs.buffers if grad_sums is None else grad_sums
+    sums = fs.sums if sums is None else sums
+    options.setdefault("lr", 0.1)
+    options.setdefault("step", 3)
+    return lambda: cadagrad.adagrad_da_step(fs.params, grads, grad_sums, sums, **options)
+
+
+@pytest.mark.parametrize("make_bad, exc, match", BAD_STATE_ARGUMENTS)
+def test_proximal_adagrad_step_refuses_bad_sums(fs, make_bad, exc, match):
+    sums = make_bad(fs, fs.sums)
+    assert_untouched(fs.arrays(), proximal_call(fs, sums=sums), exc, match.format("sums"))
+
+
+@pytest.mark.parametrize("make_bad, exc, match", BAD_STATE_ARGUMENTS)
+@pytest.mark.parametrize("which", ["sums", "grad_sums"])
+def test_adagrad_da_step_refuses_bad_sums_and_grad_sums(fs, make_bad, exc, match, which):
+    given = make_bad(fs, fs.sums if which == "sums" else fs.buffers)
+    assert_untouched(fs.arrays(), adagrad_da_call(fs, **{which: given}), exc, match.format(which))
+
+
+def test_adagrad_da_step_refuses_grad_sums_sharing_memory_with_sums(fs):
+    call = adagrad_da_call(fs, grad_sums=with_item(fs.buffers, 1, fs.sums[1]))
+    assert_untouched(fs.arrays(), call, ValueError, r"^(grad_sums|sums)\[1\]: shares memory with")
+
+
+def test_adagrad_da_step_refuses_a_grad_that_is_a_grad_sum(fs):
+    call = adagrad_da_call(fs, grads=with_item(fs.grads, 2, fs.buffers[2]))
+    assert_untouched(fs.arrays(), call, ValueError, r"^grads\[2\]: shares memory with the optimizer state")
+
+
+@pytest.mark.parametrize("name", ["lr", "l1", "l2"])
+@pytest.mark.parametrize("value, exc", BAD_NUMBERS)
+@pytest.mark.parametrize("call", [proximal_call, adagrad_da_call], ids=["proximal", "adagrad_da"])
+def test_proximal_steps_refuse_bad_hyperparameters(fs, name, value, exc, call):
+    assert_untouched(fs.arrays(), call(fs, **{name: value}), exc, rf"^{name}:")
+
+
 def test_adagrad_step_refuses_missing_sums():
     # In a child process: today this call kills the interpreter.
     code = textwrap.dedent(
@@ -920,6 +1029,11 @@ def test_adagrad_step_refuses_a_bad_step(fs, value, exc):
 @pytest.mark.parametrize("value, exc", BAD_STEPS)
 def test_sgd_step_refuses_a_bad_step(fs, value, exc):
     assert_untouched(fs.arrays(), sgd_call(fs, step=value), exc, r"^step:")
+
+
+@pytest.mark.parametrize("value, exc", BAD_STEPS)
+def test_adagrad_da_step_refuses_a_bad_step(fs, value, exc):
+    assert_untouched(fs.arrays(), adagrad_da_call(fs, step=value), exc, r"^step:")
 
 
 @pytest.mark.parametrize(

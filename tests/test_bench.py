@@ -94,3 +94,28 @@ def test_memory_ceiling_refuses_grads_that_do_not_fit():
     with pytest.raises(ValueError, match=r"^grads: expected shape \(5,\) \(as params\), got \(4,\)$"):
         run(np.ones(4))
     assert not p.any()
+
+
+def test_the_proximal_section_times_both_optimizers_small_when_quick():
+    settings = bench.Settings(quick=True, threads=[1, 2], repeats=1, with_reference=False, many_tensors=False)
+    cases = bench.PROXIMAL.cases(settings)
+    assert {c.algorithm for c in cases} == {"proximal adagrad", "adagrad da"}
+    assert {c.threads for c in cases} == {1, 2} and max(c.size for c in cases) <= 1 << 22
+    full = bench.Settings(quick=False, threads=[1], repeats=1, with_reference=False, many_tensors=False)
+    assert {c.size for c in bench.PROXIMAL.cases(full)} == {1 << 24}
+    assert set(bench.proximal_implementations(bench.ProximalCase("adagrad da", 1000, 1))) == {
+        "cadagrad", "adagrad", "ceiling",
+    }
+
+
+def test_memory_ceiling_with_two_states_moves_the_bytes_of_a_dual_averaging_step():
+    p, s, s2 = np.full(5, np.nan), np.zeros(5), np.zeros(5)
+    g = np.arange(5.0)
+    run = memory_ceiling(p, s, states2=s2)
+    run(g)
+    run(g)
+    np.testing.assert_array_equal(s2, 2 * g)
+    np.testing.assert_array_equal(s, 2 * g * g)
+    np.testing.assert_array_equal(p, 2 * g)          # written from the sum, never read
+    with pytest.raises(ValueError, match="^states2: needs states"):
+        memory_ceiling(p, states2=s2)

@@ -61,6 +61,9 @@ Requirements and differences from PyTorch
   step is always one fused, multi-tensor kernel. ``differentiable=True`` is refused.
 - ``initial_accumulator_value`` of a param group applies to that group's params (PyTorch uses the
   constructor's value for every group).
+- ``cadagrad.torch.ProximalAdagrad`` and ``cadagrad.torch.AdagradDA`` have no torch.optim counterpart
+  (TensorFlow's optimizers): their state is ``"step"`` and ``"sum"`` (and ``"grad_sum"`` for AdagradDA),
+  and their results are bit for bit those of the NumPy classes on the same grads.
 - Options beyond torch.optim's: ``eps_inside_sqrt`` and ``rowwise`` (AdaGrad), ``lazy_momentum`` (SGD).
   They are stored in the param groups (a group loaded from a torch.optim checkpoint takes the
   constructor's values). Row-wise AdaGrad state (shape ``(V,)`` per ``(V, D)`` param) cannot be loaded by
@@ -73,6 +76,7 @@ Requirements and differences from PyTorch
 from __future__ import annotations
 
 from .adagrad import Adagrad
+from .proximal import AdagradDA, ProximalAdagrad
 from .sgd import SGD
 
-__all__ = ["Adagrad", "SGD"]
+__all__ = ["Adagrad", "SGD", "ProximalAdagrad", "AdagradDA"]

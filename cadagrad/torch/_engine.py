@@ -107,11 +107,12 @@ def check_disjoint(tensors: list[torch.Tensor], labels: list[str]) -> None:
 class _Explainer:
     """Says why a step's grad arrays do not fit a cohort (the engine calls it; it owns no engine)."""
 
-    __slots__ = ("tensors", "labels", "arrays", "states")
+    __slots__ = ("tensors", "labels", "arrays", "states", "states2")
 
     def __init__(self, tensors: list[torch.Tensor], labels: list[str], arrays: list[np.ndarray],
-                 states: list[np.ndarray] | None) -> None:
+                 states: list[np.ndarray] | None, states2: list[np.ndarray] | None = None) -> None:
         self.tensors, self.labels, self.arrays, self.states = tensors, labels, arrays, states
+        self.states2 = states2
 
     def __call__(self, grads: object) -> None:
         self.check(grads)
@@ -129,17 +130,19 @@ class _Explainer:
             if isinstance(grads, list) and i < len(grads):
                 _checks.check_like(grads[i], array, f"{label}.grad", label, writable=False)
         _checks.check_grads(grads, self.arrays, False, self.states)
+        if self.states2 is not None:
+            _checks.check_grads(grads, self.arrays, False, self.states2)
 
 
 class Cohort:
     """Params of one group that step together: one engine, one kernel call per step."""
 
     __slots__ = ("positions", "tensors", "labels", "arrays", "buffers", "states", "pending", "explain",
-                 "engine", "steps", "first")
+                 "engine", "steps", "first", "buffers2")
 
     def __init__(self, positions: list[int], tensors: list[torch.Tensor], labels: list[str],
                  buffers: list[State] | None, steps: int, first: bool = False,
-                 rowwise: bool = False) -> None:
+                 rowwise: bool = False, buffers2: list[State] | None = None) -> None:
         self.positions = positions       # indices into the plan's list of params with a dense grad
         self.tensors = tensors
         self.labels = labels
@@ -148,21 +151,27 @@ class Cohort:
         states = None if buffers is None else [b.array for b in buffers]
         if states is not None:
             _check_states(self.arrays, states, labels, rowwise)
+        # A second state per param (AdaGrad dual averaging's gradient sums), or None.
+        states2 = None if buffers2 is None else [b.array for b in buffers2]
+        if states2 is not None:
+            _check_states(self.arrays, states2, labels, False)
         self.buffers = buffers
+        self.buffers2 = buffers2
         self.states = states
-        self.pending = buffers is not None and any(b.pending for b in buffers)
-        self.explain = _Explainer(tensors, labels, self.arrays, states)
+        self.pending = any(b.pending for b in (buffers or []) + (buffers2 or []))
+        self.explain = _Explainer(tensors, labels, self.arrays, states, states2)
         widths = [a.shape[1] for a in self.arrays] if rowwise else None
-        self.engine = StepEngine(self.arrays, states, False, self.explain, steps, widths)
+        self.engine = StepEngine(self.arrays, states, False, self.explain, steps, widths, states2)
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the params' "step" tensors
         self.first = first                     # SGD: momentum buffers not in ``state`` until stepped
 
     def ready(self, grads: list[np.ndarray]) -> None:
         """Make lazy state ready for a dense step (huge pages, every row filled), once ``grads`` are
         known to fit: a step the kernel would refuse writes nothing. Call while ``pending``."""
-        if any(b.pending for b in self.buffers):
+        every = self.buffers + (self.buffers2 or [])
+        if any(b.pending for b in every):
             self.explain.check(grads)
-            for buffer in self.buffers:
+            for buffer in every:
                 buffer.ready_all()
         self.pending = False
 
@@ -186,10 +195,10 @@ class Tables:
     """
 
     __slots__ = ("tensors", "labels", "arrays", "buffers", "states", "shapes", "dtypes", "spans", "engine",
-                 "steps", "first", "zeros")
+                 "steps", "first", "zeros", "buffers2")
 
     def __init__(self, tensors: list[torch.Tensor], labels: list[str], buffers: list[State] | None,
-                 rowwise: bool = False) -> None:
+                 rowwise: bool = False, buffers2: list[State] | None = None) -> None:
         check_disjoint(tensors, labels)
         arrays = [as_array(t, label, writable=True) for t, label in zip(tensors, labels)]
         if rowwise:
@@ -202,8 +211,13 @@ class Tables:
         if states is not None:
             _check_states(arrays, states, labels, rowwise)
             states = [s if rowwise else rows_view(s) for s in states]
+        states2 = None if buffers2 is None else [b.array for b in buffers2]
+        if states2 is not None:                 # a second state per param (dual averaging's sums)
+            _check_states(arrays, states2, labels, False)
+            states2 = [rows_view(s) for s in states2]
         self.tensors = tensors
         self.buffers = buffers
+        self.buffers2 = buffers2
         self.labels = labels
         self.arrays = [rows_view(a) for a in arrays]
         self.states = states
@@ -213,8 +227,10 @@ class Tables:
         self.spans = [[(data_address(a), data_address(a) + a.nbytes)] for a in self.arrays]
         for spans, state in zip(self.spans, states or []):
             spans.append((data_address(state), data_address(state) + state.nbytes))
+        for spans, state in zip(self.spans, states2 or []):
+            spans.append((data_address(state), data_address(state) + state.nbytes))
         widths = [a.shape[1] for a in self.arrays] if rowwise else None
-        self.engine = StepEngine(self.arrays, states, False, self._explain, 0, widths)
+        self.engine = StepEngine(self.arrays, states, False, self._explain, 0, widths, states2)
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the tables' "step" tensors
         self.first: list[bool] = []            # SGD: whether a table's momentum buffer is not in state yet
         self.zeros: list[np.ndarray | None] = []  # SGD: zero grad rows for the rows that are not named
@@ -223,10 +239,9 @@ class Tables:
         """Fill the rows ``indices`` of table ``j``'s lazy state that hold no value yet; call it after
         the step is validated, just before the row kernel (an index out of range makes it write
         nothing, so the kernel still reports it)."""
-        if self.buffers is not None:
-            buffer = self.buffers[j]
-            if buffer.pending:
-                buffer.ready_rows(indices)
+        for buffers in (self.buffers, self.buffers2):
+            if buffers is not None and buffers[j].pending:
+                buffers[j].ready_rows(indices)
 
     def _explain(self, grads: object) -> None:
         for tensor, label, array in zip(self.tensors, self.labels, self.arrays):
@@ -316,7 +331,8 @@ class Tables:
 class Plan:
     """The engines of one param group, valid while its params, grads and state stay the same."""
 
-    __slots__ = ("group", "params", "kinds", "ptrs", "dicts", "entries", "steps", "cohorts", "tables", "flag")
+    __slots__ = ("group", "params", "kinds", "ptrs", "dicts", "entries", "steps", "cohorts", "tables", "flag",
+                 "entries2")
 
     def __init__(self, group: dict, params: list[torch.Tensor], kinds: list[bool], flag: object) -> None:
         self.group = group
@@ -325,6 +341,7 @@ class Plan:
         self.ptrs = [p.data_ptr() for p in params]
         self.dicts: list[dict | None] = []     # state[p] as found at build time
         self.entries: list[object] = []        # state[p][key] as found at build time
+        self.entries2: list[object] | None = None  # state[p][second key] as found, if the rule has one
         self.steps: list[object] | None = None  # AdaGrad: state[p]["step"] as set at build time
         self.cohorts: list[Cohort] = []        # the params with a dense grad
         self.tables: Tables | None = None      # the params with a sparse grad
@@ -340,6 +357,8 @@ class EngineOptimizer(Optimizer):
     """What the adapters share: param checks, engine plans, grad views, ``__setstate__``."""
 
     _state_key: str
+    # Rules that keep a second state per param (AdaGrad dual averaging's gradient sums) name its key.
+    _second_state_key: str | None = None
     _extra_defaults: dict[str, Any] = {
         "foreach": None, "maximize": False, "differentiable": False, "fused": None,
     }
@@ -361,6 +380,7 @@ class EngineOptimizer(Optimizer):
     def _reset_engines(self) -> None:
         self._plans: dict[int, Plan] = {}
         self._owned: dict[torch.Tensor, tuple[torch.Tensor, State]] = {}   # state tensors and their buffers
+        self._owned2: dict[torch.Tensor, tuple[torch.Tensor, State]] = {}  # the same, for the second key
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (as :meth:`torch.optim.Optimizer.add_param_group`), checking its tensors.
@@ -414,28 +434,32 @@ class EngineOptimizer(Optimizer):
 
     # -- state buffers ------------------------------------------------------------------------------
 
-    def _new_state(self, p: torch.Tensor, value: float, rowwise: bool = False) -> torch.Tensor:
+    def _new_state(
+        self, p: torch.Tensor, value: float, rowwise: bool = False, second: bool = False
+    ) -> torch.Tensor:
         """A cadagrad-owned state buffer for ``p`` (zero-copy tensor view) holding ``value`` (lazily for
-        a large one: see ``cadagrad._state``); with ``rowwise``, one value per row."""
-        return self._own(p, new_state(p.detach().numpy(), state_shape(tuple(p.shape), rowwise), value))
+        a large one: see ``cadagrad._state``); with ``rowwise``, one value per row; with ``second``, the
+        buffer of the second key, placed after the first one in memory."""
+        anchor = self._owned[p][1].array if second else p.detach().numpy()
+        return self._own(p, new_state(anchor, state_shape(tuple(p.shape), rowwise), value), second)
 
-    def _own(self, p: torch.Tensor, buffer: State) -> torch.Tensor:
+    def _own(self, p: torch.Tensor, buffer: State, second: bool = False) -> torch.Tensor:
         tensor = torch.from_numpy(buffer.array)
-        self._owned[p] = (tensor, buffer)
+        (self._owned2 if second else self._owned)[p] = (tensor, buffer)
         return tensor
 
     def _state_buffer(self, p: torch.Tensor, found: object, label: str, value: float,
-                     rowwise: bool = False) -> tuple[torch.Tensor, State]:
+                     rowwise: bool = False, second: bool = False) -> tuple[torch.Tensor, State]:
         """The buffer behind ``state[p][key]``: ours as is, anything else copied into a buffer of ours
         (torch.optim.SGD's sparse momentum buffers too) whose initial value is ``value``: rows of the
         copy that are all zero or equal to ``value`` stay unwritten, so a sparse checkpoint stays sparse."""
         shape = state_shape(tuple(p.shape), rowwise)
-        owned = self._owned.get(p)
+        owned = (self._owned2 if second else self._owned).get(p)
         if owned is not None and owned[0] is found:
             array = owned[1].array
             if array.shape == shape and array.dtype == p.detach().numpy().dtype:
                 return owned      # (a param whose dtype changed, by ``module.double()``, gets a new one)
-        name = f"state of {label}[{self._state_key!r}]"
+        name = f"state of {label}[{self._second_state_key if second else self._state_key!r}]"
         if not isinstance(found, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(found).__name__}")
         if tuple(found.shape) != shape:
@@ -448,16 +472,16 @@ class EngineOptimizer(Optimizer):
         # As ``copy_`` would: cast to the param's dtype (a tensor may hold one NumPy lacks), resolve views.
         source = found.detach().to(dtype=p.dtype).resolve_neg().resolve_conj()
         param = p.detach().numpy()
-        self._own(p, State.from_array(param, shape, value, source.numpy()))
-        return self._owned[p]
+        self._own(p, State.from_array(param, shape, value, source.numpy()), second)
+        return (self._owned2 if second else self._owned)[p]
 
     def _materialize(self) -> None:
         """Fill every row of the lazy state tensors in ``state`` (initial value not 0) before they are
         handed out: ``state_dict()`` and pickling return or copy the tensors themselves."""
-        key = self._state_key
-        for p, (tensor, buffer) in self._owned.items():
-            if buffer.pending and self.state.get(p, {}).get(key) is tensor:
-                buffer.materialize()
+        for key, owned in ((self._state_key, self._owned), (self._second_state_key, self._owned2)):
+            for p, (tensor, buffer) in owned.items():
+                if buffer.pending and self.state.get(p, {}).get(key) is tensor:
+                    buffer.materialize()
 
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state, as :meth:`torch.optim.Optimizer.state_dict` gives it.
@@ -494,6 +518,11 @@ class EngineOptimizer(Optimizer):
                 found = get(p)
                 if found is not d or found.get(key) is not entry or found.get("step") is not step:
                     return False
+            if plan.entries2 is not None:
+                key2 = self._second_state_key
+                for d, entry in zip(plan.dicts, plan.entries2):
+                    if d.get(key2) is not entry:
+                        return False
         elif plan.flag:
             for p, q, ptr, d, entry in zip(with_grad, plan.params, plan.ptrs, plan.dicts, plan.entries):
                 if p is not q or p.data_ptr() != ptr:

@@ -1,0 +1,251 @@
+"""What the NumPy optimizers share: validated hyperparameter attributes and the optimizer base class.
+
+:mod:`cadagrad.optim` (Adagrad, SGD) and :mod:`cadagrad.proximal` (ProximalAdagrad, AdagradDA) build on it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from . import _checks, checkpoint
+from ._checks import Params
+from ._kernels import StepEngine
+from ._state import State
+
+
+class Hyperparameter:
+    """A hyperparameter attribute: reads are plain, writes are validated (or refused if fixed)."""
+
+    def __init__(self, check=None):
+        self.check = check
+
+    def __set_name__(self, owner, name):
+        self.name = name
+        self.slot = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj, value):
+        if self.check is None:
+            raise AttributeError(f"{self.name} is fixed at construction; build a new optimizer to change it")
+        setattr(obj, self.slot, self.check(value, self.name))
+
+
+class Optimizer:
+    """What every NumPy optimizer shares: the params, the step engine, the step count and state dicts."""
+
+    _state_key: str
+    # Rules that keep a second state per param (AdaGrad dual averaging's gradient sums) name its key.
+    _second_state_key: str | None = None
+    _hyperparameter_names: tuple[str, ...]
+
+    num_threads = Hyperparameter(lambda value, name: _checks.check_num_threads(value, name) or None)
+
+    def _set_params(self, params: Params, num_threads: int | None) -> None:
+        self._params, self._single = _checks.check_params(params)
+        self._layout = [(p.size, p.dtype) for p in self._params]
+        self._num_threads = _checks.check_num_threads(num_threads) or None
+        self._states: list[np.ndarray] | None = None
+        self._buffers: list[State] | None = None     # the states' allocations, lazily filled
+        self._states2: list[np.ndarray] | None = None
+        self._buffers2: list[State] | None = None    # the second states (see _second_state_key), or None
+        self._pending = False                        # some buffer still wants ready_all() before a dense step
+
+    def _set_states(self, buffers: list[State] | None, buffers2: list[State] | None = None) -> None:
+        self._buffers = buffers
+        self._states = None if buffers is None else [b.array for b in buffers]
+        self._buffers2 = buffers2
+        self._states2 = None if buffers2 is None else [b.array for b in buffers2]
+        self._pending = any(b.pending for b in self._all_buffers())
+
+    def _all_buffers(self) -> list[State]:
+        return (self._buffers or []) + (self._buffers2 or [])
+
+    def _ready_for_dense_step(self, grads: object, skip_if_nonfinite: bool) -> bool:
+        # Before the first dense step over lazy state: validate first, so a rejected step writes
+        # nothing (not even the initial value), then advise huge pages and fill what is unfilled.
+        self._explain(grads)
+        if skip_if_nonfinite and self._engine.has_nonfinite(grads, self._num_threads or 0):
+            return False
+        for buffer in self._all_buffers():
+            buffer.ready_all()
+        self._pending = False
+        return True
+
+    def _ready_rows(self, param: int, indices: np.ndarray) -> None:
+        if self._pending:
+            self._buffers[param].ready_rows(indices)
+            if self._buffers2 is not None:
+                self._buffers2[param].ready_rows(indices)
+
+    def _set_hyperparameters(self, values: dict) -> None:
+        for name, value in values.items():
+            setattr(self, "_" + name, value)
+
+    def _row_widths(self) -> list[int] | None:
+        return None
+
+    def _build_engine(self, steps: int) -> None:
+        self._engine = StepEngine(
+            self._params, self._states, self._single, self._explain, steps, self._row_widths(), self._states2
+        )
+
+    def _explain(self, grads: object) -> None:
+        _checks.explain_changed(self._params, self._states, self._layout)
+        _checks.check_grads(grads, self._params, self._single, self._states)
+        if self._states2 is not None:
+            _checks.explain_changed(self._params, self._states2, self._layout)
+            _checks.check_grads(grads, self._params, self._single, self._states2)
+
+    def _check_rows(self, indices: object, rows: object, param: object) -> int:
+        _checks.explain_changed(self._params, self._states, self._layout)
+        if self._states2 is not None:
+            _checks.explain_changed(self._params, self._states2, self._layout)
+            _checks.check_rows(indices, rows, param, self._params, self._states2)
+        return _checks.check_rows(indices, rows, param, self._params, self._states)
+
+    def _raise_if_out_of_range(self, bad: int, indices: np.ndarray, param: int) -> None:
+        if bad >= 0:
+            raise _checks.index_out_of_range(indices, bad, param, self._params[param].shape[0])
+
+    @property
+    def params(self) -> list[np.ndarray]:
+        """The arrays this optimizer updates (the caller's own objects)."""
+        return list(self._params)
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken so far (``t`` of the next step is ``step_count + 1``)."""
+        return self._engine.steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of the optimizer's state: step count, hyperparameters and per-param buffers.
+
+        Returns
+        -------
+        dict
+            ``{"optimizer": name, "version": 1, "step": int, "hyperparameters": {...},
+            <state key>: list of ndarray or None}``; the arrays are copies.
+
+        Notes
+        -----
+        Memory: a copy of every state buffer, with one exception. A large buffer whose initial value
+        is 0 and that only row steps have touched is copied lazily: one read of the buffer, memory for
+        its touched rows only. With a non-zero ``initial_accumulator_value`` the copy is full size
+        (every row holds that value) even where the optimizer's own buffer is still mostly unfilled;
+        the optimizer's buffers themselves are left as they are.
+        """
+        saved = {
+            "optimizer": type(self).__name__,
+            "version": _checks.STATE_DICT_VERSION,
+            "step": self.step_count,
+            "hyperparameters": {name: getattr(self, name) for name in self._hyperparameter_names},
+            self._state_key: None if self._buffers is None else [b.copy() for b in self._buffers],
+        }
+        if self._second_state_key is not None:
+            saved[self._second_state_key] = [b.copy() for b in self._buffers2]
+        return saved
+
+    def _state_keys(self) -> tuple[str, ...]:
+        second = () if self._second_state_key is None else (self._second_state_key,)
+        return (self._state_key, *second)
+
+    def _restored(
+        self, saved: object, key: str, step: int, value: float, anchors: list[np.ndarray]
+    ) -> list[State]:
+        # The state buffers holding the arrays ``saved`` (state_dict[key]), validated against the
+        # current states (or the params); ``anchors`` place each new buffer in memory (see cadagrad._state).
+        name = f"state_dict[{key!r}]"
+        if saved is None and step == 0:
+            saved = [np.zeros(p.shape, dtype=p.dtype) for p in self._params]
+        elif not isinstance(saved, (list, tuple)) or len(saved) != len(self._params):
+            raise ValueError(f"{name}: expected a list of {_checks.count(len(self._params), 'array')}")
+        shapes = self._states if self._states is not None else self._params
+        for i, (array, like) in enumerate(zip(saved, shapes)):
+            _checks.check_like(array, like, f"{name}[{i}]", f"the state of params[{i}]", writable=False)
+        return [
+            State.from_array(anchor, like.shape, value, array)
+            for anchor, like, array in zip(anchors, shapes, saved)
+        ]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state dict made by ``state_dict()`` of an optimizer over params of the same shapes.
+
+        Everything is validated (keys, step, hyperparameters, every array's shape and dtype) before
+        anything changes; on error the optimizer is left as it was.
+
+        Memory: new state buffers, written only where a row of the saved array is neither all zero nor
+        the initial value (a table trained by row steps costs its touched rows), or in full when more
+        than half the rows differ. One read of every saved array.
+
+        Parameters
+        ----------
+        state_dict : dict
+            A dict as returned by :meth:`state_dict`, of an optimizer of the same class.
+
+        Raises
+        ------
+        ValueError, TypeError
+            If anything in ``state_dict`` does not fit these params; nothing is changed.
+        """
+        _checks.check_state_dict(
+            state_dict,
+            optimizer=type(self).__name__,
+            state_key=self._state_keys(),
+            hyperparameter_names=self._hyperparameter_names,
+        )
+        hyper = self._validate_hyperparameters(state_dict["hyperparameters"])
+        step = int(state_dict["step"])
+        saved = state_dict[self._state_key]
+        key = f"state_dict[{self._state_key!r}]"
+        if self._needs_state(hyper):
+            buffers = self._restored(saved, self._state_key, step, self._initial_value(hyper), self._params)
+        elif saved is not None:
+            raise ValueError(f"{key}: expected None (these hyperparameters keep no state)")
+        else:
+            buffers = None
+        buffers2 = None
+        if self._second_state_key is not None:       # placed after the first states (cadagrad._state)
+            key2 = self._second_state_key
+            buffers2 = self._restored(state_dict[key2], key2, step, 0.0, [b.array for b in buffers])
+        states = None if buffers is None else [b.array for b in buffers]
+        states2 = None if buffers2 is None else [b.array for b in buffers2]
+        engine = StepEngine(
+            self._params, states, self._single, self._explain, step, self._row_widths(), states2
+        )
+        self._set_hyperparameters(hyper)          # nothing could fail from here on
+        self._set_states(buffers, buffers2)
+        self._engine = engine
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the optimizer's state to ``path`` (``.npz``), atomically; see :mod:`cadagrad.checkpoint`.
+
+        Memory: what :meth:`state_dict` costs (the file is written in chunks from its copies); the file
+        holds every row of every state buffer, touched or not.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write; an existing file is replaced only once the new one is complete.
+        """
+        checkpoint.save_state_dict(self.state_dict(), self._state_keys(), path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore a checkpoint written by :meth:`save`, validated as :meth:`load_state_dict` does.
+
+        A truncated or corrupted file raises ValueError naming the path; the optimizer is unchanged.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save`.
+        """
+        self.load_state_dict(checkpoint.load_state_dict(path, self._state_keys()))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._hyperparameter_names)
+        return f"{type(self).__name__}({len(self._params)} params, {self._engine.size} elements, {shown})"
