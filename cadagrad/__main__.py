@@ -13,13 +13,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="{demo,bench}")
     demo = commands.add_parser(
-        "demo", help="AdaGrad against SGD on small problems: a text report and PNG figures",
-        description="Run the five AdaGrad-vs-SGD experiments, print what they measured and write PNG "
-                    "figures (needs matplotlib: pip install 'cadagrad[demo]').",
+        "demo", help="AdaGrad against SGD, and l1 sparsity, on small problems: a text report and PNG figures",
+        description="Run the six experiments (five AdaGrad against SGD, one on l1 sparsity), print what "
+                    "they measured and write PNG figures (needs matplotlib: pip install 'cadagrad[demo]').",
     )
     demo.add_argument("--out", metavar="DIR",
                       help="directory for the figures, created if missing (default: ./cadagrad-demo/); "
-                           "always the same five file names, 1_quadratic_paths.png to 5_limits.png")
+                           "always the same six file names, 1_quadratic_paths.png to 6_l1_sparsity.png")
     demo.add_argument("--no-plots", action="store_true", help="print the report only, write no figures")
     commands.add_parser(
         "bench", add_help=False,

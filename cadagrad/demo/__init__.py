@@ -5,19 +5,22 @@ Optimization", JMLR 12, 2121-2159) divides each coordinate's step by the root of
 squared gradients. Five experiments show what that buys and where it fails: an ill-conditioned
 quadratic, the accumulator step by step, sparse gradients, rare features, and two limits (a rotated
 quadratic; a non-stationary problem, RMSProp's motivation: Tieleman & Hinton 2012, "Lecture 6.5 -
-rmsprop", COURSERA: Neural Networks for Machine Learning).
+rmsprop", COURSERA: Neural Networks for Machine Learning). A sixth trains l1-regularized logistic
+regression on sparse features with AdaGrad, proximal AdaGrad and AdaGrad dual averaging, and counts
+the weights each leaves exactly zero.
 
 The package has three parts, used in this order:
 
-- :mod:`cadagrad.demo.experiments`: the experiments, each a function returning its numbers
-  (:func:`run_experiments` runs all five, about a second);
+- :mod:`cadagrad.demo.experiments` and :mod:`cadagrad.demo.sparsity`: the experiments, each a function
+  returning its numbers (:func:`run_experiments` runs all six, about two seconds);
 - :mod:`cadagrad.demo.report`: :func:`format_report` turns the numbers into text;
 - :mod:`cadagrad.demo.figures`: :func:`write_figures` draws them as PNG files (matplotlib, an optional
   extra, imported there only).
 
 Figures for a documentation page: ``python -m cadagrad demo --out DIR`` or, without the report,
 ``cadagrad.demo.write_figures(DIR)``, which writes ``FIGURE_NAMES`` into ``DIR``: ``1_quadratic_paths.png``,
-``2_accumulator.png``, ``3_sparse_gradients.png``, ``4_rare_features.png`` and ``5_limits.png``.
+``2_accumulator.png``, ``3_sparse_gradients.png``, ``4_rare_features.png``, ``5_limits.png`` and
+``6_l1_sparsity.png``.
 
 Nothing here prints: the CLI prints what :func:`run_demo` returns.
 """
@@ -48,6 +51,7 @@ from .experiments import (
 )
 from .figures import DEFAULT_OUT, FIGURE_NAMES, plots_available, write_figures
 from .report import figures_note, format_report
+from .sparsity import SPARSITY_OPTIMIZERS, SparsityResult, SparsityRun, l1_sparsity
 
 __all__ = [
     "DEFAULT_OUT",
@@ -60,10 +64,14 @@ __all__ = [
     "QuadraticResult",
     "RareFeatureResult",
     "RotatedResult",
+    "SPARSITY_OPTIMIZERS",
     "SparseResult",
+    "SparsityResult",
+    "SparsityRun",
     "accumulator_table",
     "effective_rates",
     "format_report",
+    "l1_sparsity",
     "nonstationary",
     "plots_available",
     "quadratic_paths",

@@ -12,6 +12,8 @@ numbers into text and :mod:`cadagrad.demo.figures` into PNG figures.
 4. :func:`rare_features`: a linear model on a frequent and a rare binary feature.
 5. :func:`rotated_quadratic` and :func:`nonstationary`: where AdaGrad's diagonal, ever-growing
    accumulator fails.
+6. :func:`~cadagrad.demo.sparsity.l1_sparsity` (in :mod:`cadagrad.demo.sparsity`): l1-regularized
+   logistic regression on sparse features, AdaGrad against ProximalAdagrad and AdagradDA.
 
 AdaGrad's effective rate ``lr / d`` (:func:`effective_rates`) takes its divisor ``d`` from
 :func:`cadagrad.reference.adagrad_denominator`, the reference's own statement of the rule, so the
@@ -27,6 +29,7 @@ import numpy as np
 
 from ..optim import SGD, Adagrad
 from ..reference import adagrad_denominator
+from .sparsity import SparsityResult, l1_sparsity
 
 #: AdaGrad as it is most often written, ``G += g*g; x -= lr * g / sqrt(G + 1e-8)``: eps inside the
 #: root (Keras' and optax's placement; PyTorch adds eps after the root).
@@ -722,10 +725,11 @@ class DemoResults:
     rare: RareFeatureResult
     rotated: RotatedResult
     nonstationary: NonstationaryResult
+    sparsity: SparsityResult
 
 
 def run_experiments() -> DemoResults:
-    """Run the five experiments with their defaults (about a second)."""
+    """Run the six experiments with their defaults (about two seconds)."""
     return DemoResults(
         quadratic=quadratic_paths(),
         table=accumulator_table(),
@@ -733,4 +737,5 @@ def run_experiments() -> DemoResults:
         rare=rare_features(),
         rotated=rotated_quadratic(),
         nonstationary=nonstationary(),
+        sparsity=l1_sparsity(),
     )

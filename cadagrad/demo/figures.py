@@ -1,4 +1,4 @@
-"""The demo's figures: five PNG files drawn from the numbers of :mod:`cadagrad.demo.experiments`.
+"""The demo's figures: six PNG files drawn from the numbers of :mod:`cadagrad.demo.experiments`.
 
 The only module of cadagrad that uses matplotlib (an optional extra: ``pip install 'cadagrad[demo]'``).
 It imports matplotlib inside its functions, with the non-interactive Agg backend, so importing this
@@ -31,6 +31,7 @@ from .experiments import (
     quadratic_value,
     run_experiments,
 )
+from .sparsity import SPARSITY_OPTIMIZERS, SparsityResult
 
 #: The figures' directory when none is given (relative to the working directory).
 DEFAULT_OUT = Path("cadagrad-demo")
@@ -41,6 +42,7 @@ FIGURE_NAMES = (
     "3_sparse_gradients.png",
     "4_rare_features.png",
     "5_limits.png",
+    "6_l1_sparsity.png",
 )
 
 
@@ -59,7 +61,7 @@ def plots_available() -> bool:
 
 
 def write_figures(out_dir: str | os.PathLike = DEFAULT_OUT, results: DemoResults | None = None) -> list[Path]:
-    """Write the demo's five figures, ``out_dir / name`` for each name of ``FIGURE_NAMES``.
+    """Write the demo's six figures, ``out_dir / name`` for each name of ``FIGURE_NAMES``.
 
     The directory is created if missing; files of the same names are replaced. The names do not
     depend on the results, so a documentation page can refer to them.
@@ -70,7 +72,7 @@ def write_figures(out_dir: str | os.PathLike = DEFAULT_OUT, results: DemoResults
         The directory.
     results : DemoResults, optional
         The experiments' numbers; by default :func:`~cadagrad.demo.experiments.run_experiments` is run
-        (about a second).
+        (about two seconds).
 
     Returns
     -------
@@ -94,6 +96,7 @@ def write_figures(out_dir: str | os.PathLike = DEFAULT_OUT, results: DemoResults
         plot_sparse(results.sparse, out / next(names)),
         plot_rare_features(results.rare, out / next(names)),
         plot_limits(results.rotated, results.nonstationary, out / next(names)),
+        plot_sparsity(results.sparsity, out / next(names)),
     ]
 
 
@@ -329,6 +332,56 @@ def plot_limits(rotated: RotatedResult, ns: NonstationaryResult, path: str | os.
                 title=f"Non-stationary: h = {ns.curvatures[0]:g} → {ns.curvatures[1]:g}, target "
                       f"{ns.targets[0]:g} → {ns.targets[1]:g} at step {ns.switch}")
     axes[2].set(ylabel="effective rate", title="G only grows: the carried rate never recovers")
+    return _save(fig, path)
+
+
+_SPARSITY_COLORS = {"Adagrad": _COLORS["adagrad"], "ProximalAdagrad": "tab:green", "AdagradDA": "tab:purple"}
+
+
+def plot_sparsity(result: SparsityResult, path: str | os.PathLike) -> Path:
+    """Figure 6: log-loss against the fraction of exact zeros, and that fraction against l1.
+
+    Parameters
+    ----------
+    result : SparsityResult
+    path : path
+        The PNG to write.
+
+    Returns
+    -------
+    Path
+    """
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.11, top=0.86, wspace=0.18)
+    for name in SPARSITY_OPTIMIZERS:
+        runs, color = result.curve(name), _SPARSITY_COLORS[name]
+        zeros = [r.zero_fraction for r in runs]
+        label = "Adagrad + l1·sign(w)" if name == "Adagrad" else name
+        ax.plot(zeros, [r.test_loss for r in runs], "-o", color=color, ms=5, label=f"{label}, held-out")
+        ax.plot(zeros, [r.train_loss for r in runs], "--o", color=color, ms=4, mfc="none", lw=1,
+                label=f"{label}, train")
+        bx.plot(result.l1s, zeros, "-o", color=color, ms=5, label=f"{label}, dense steps")
+        if name != "Adagrad":
+            bx.plot(result.l1s, [r.zero_fraction for r in result.curve(name, rows=True)], ":s", color=color,
+                    ms=4, mfc="none", label=f"{name}, step_rows (active features only)")
+    for r in result.curve("AdagradDA"):
+        ax.annotate(f"l1 = {r.l1:g}", (r.zero_fraction, r.test_loss), textcoords="offset points",
+                    xytext=(-6, 7), ha="right", fontsize=7, color=_SPARSITY_COLORS["AdagradDA"])
+    ax.axhline(result.planted_test_loss, color="k", ls=":", lw=1,
+               label=f"planted weights, held-out ({result.planted_test_loss:.3f})")
+    ax.axhline(np.log(2), color="0.5", ls=":", lw=1, label="w = 0 (log 2)")
+    ax.margins(y=0.1)
+    ax.set(xlabel="fraction of weights exactly 0", ylabel="mean log-loss",
+           title="Loss against sparsity, one point per l1")
+    bx.set_xscale("symlog", linthresh=min(x for x in result.l1s if x > 0))
+    bx.set(xlabel="l1 (symmetric log scale: 0 on the left)", ylabel="fraction of weights exactly 0",
+           title="Exact zeros as l1 grows")
+    for axis in (ax, bx):
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.suptitle(f"l1-regularized logistic regression: {result.features} rare binary features, "
+                 f"{result.informative} informative; {result.steps} minibatch steps, lr = {result.lr:g}")
     return _save(fig, path)
 
 
