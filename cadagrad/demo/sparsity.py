@@ -124,9 +124,11 @@ class _Examples:
         return self.cols[a:b], owner, self.y[lo:hi]
 
 
-def _draw(rng: np.random.Generator, n: int, p: np.ndarray, w: np.ndarray) -> _Examples:
-    active = rng.random((n, p.size)) < p
-    rows, cols = (np.ascontiguousarray(a) for a in np.nonzero(active))    # row-major: example by example
+def _draw(rng: np.random.Generator, n: int, p: np.ndarray, w: np.ndarray, chunk: int = 500) -> _Examples:
+    # In chunks of examples, to keep the uniform draws small (the same stream as one (n, d) draw).
+    found = [np.nonzero(rng.random((min(chunk, n - lo), p.size)) < p) for lo in range(0, n, chunk)]
+    rows = np.concatenate([r + lo for (r, _), lo in zip(found, range(0, n, chunk))])
+    cols = np.concatenate([c for _, c in found])
     starts = np.searchsorted(rows, np.arange(n + 1))
     z = np.bincount(rows, weights=w[cols], minlength=n)
     y = (rng.random(n) < 1.0 / (1.0 + np.exp(-z))).astype(np.float64)
