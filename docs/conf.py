@@ -101,11 +101,26 @@ DEMO_FIGURES = (
     "3_sparse_gradients.png",
     "4_rare_features.png",
     "5_limits.png",
+    "6_l1_sparsity.png",
 )
 
 
 def _generate_demo() -> None:
-    """Run ``python -m cadagrad demo --out docs/_generated/demo`` and check that it drew every figure."""
+    """Run ``python -m cadagrad demo --out docs/_generated/demo`` and check that it drew every figure.
+
+    First checks that ``DEMO_FIGURES`` is the demo's ``FIGURE_NAMES`` and that docs/demo.rst shows each.
+    """
+    from cadagrad.demo import FIGURE_NAMES   # no matplotlib needed
+
+    if tuple(FIGURE_NAMES) != DEMO_FIGURES:
+        raise RuntimeError(
+            f"cadagrad.demo.FIGURE_NAMES is {FIGURE_NAMES}, docs/conf.py expects {DEMO_FIGURES}: update "
+            "DEMO_FIGURES and docs/demo.rst"
+        )
+    page = (DOCS / "demo.rst").read_text()
+    unused = [name for name in DEMO_FIGURES if f"_generated/demo/{name}" not in page]
+    if unused:
+        raise RuntimeError(f"docs/demo.rst shows none of {unused}: add them to the page")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
