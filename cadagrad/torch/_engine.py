@@ -187,7 +187,7 @@ class Tables:
     """
 
     __slots__ = ("tensors", "labels", "arrays", "buffers", "states", "shapes", "dtypes", "spans", "engine",
-                 "steps", "first", "zeros")
+                 "everything", "filling", "steps", "first", "zeros")
 
     def __init__(self, tensors: list[torch.Tensor], labels: list[str], buffers: list[State] | None,
                  rowwise: bool = False) -> None:
@@ -216,6 +216,9 @@ class Tables:
             spans.append((data_address(state), data_address(state) + state.nbytes))
         widths = [a.shape[1] for a in self.arrays] if rowwise else None
         self.engine = StepEngine(self.arrays, states, False, self._explain, 0, widths)
+        self.everything = list(range(len(tensors)))   # a batch of every table
+        # The tables whose lazy state may still fill rows (a table stops, never starts, filling).
+        self.filling = {j for j, b in enumerate(buffers or []) if b.fills}
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the tables' "step" tensors
         self.first: list[bool] = []            # SGD: whether a table's momentum buffer is not in state yet
         self.zeros: list[np.ndarray | None] = []  # SGD: zero grad rows for the rows that are not named
@@ -233,7 +236,8 @@ class Tables:
     def fills(self, batch: list[int]) -> bool:
         """Whether ``ready`` may write a row of one of the tables ``batch`` (lazy state with an initial
         value not 0): then one table's fill must wait until every table's indices are known in range."""
-        return self.buffers is not None and any(self.buffers[j].fills for j in batch)
+        filling = self.filling
+        return bool(filling) and any(j in filling and self.buffers[j].fills for j in batch)
 
     def _explain(self, grads: object) -> None:
         for tensor, label, array in zip(self.tensors, self.labels, self.arrays):
@@ -618,7 +622,8 @@ class EngineOptimizer(Optimizer):
         # its own tables' indices before it writes; those of the later calls are checked here, so that a
         # bad index anywhere leaves everything as it was. So are the first call's if filling lazy state
         # before it could write a row of one table while another table's index is out of range.
-        calls.sort(key=lambda call: -len(call[3]))
+        if len(calls) > 1:
+            calls.sort(key=lambda call: -len(call[3]))
         for n, (_, plan, rows, batch) in enumerate(calls):
             tables = plan.tables
             if n or (len(batch) > 1 and tables.fills(batch)):

@@ -271,8 +271,11 @@ class Adagrad(EngineOptimizer):
     def _batches(self, tables: Tables, hyper: tuple) -> list[list[int]]:
         """The tables (positions) that one kernel call steps: those with the same step count, which
         ``lr_decay`` depends on (a table that had no grad at some steps counts fewer)."""
+        counts = tables.steps.tolist()
+        if counts.count(counts[0]) == len(counts):
+            return [tables.everything]
         by_step: dict[float, list[int]] = {}
-        for j, count in enumerate(tables.steps.tolist()):
+        for j, count in enumerate(counts):
             by_step.setdefault(count, []).append(j)
         return list(by_step.values())
 

@@ -263,7 +263,7 @@ class SGD(EngineOptimizer):
     def _batches(self, tables: Tables, hyper: tuple) -> list[list[int]]:
         """The tables (positions) that one kernel call steps: all of them without momentum; with it,
         those whose buffers start at this step (``buf = g``), then the others."""
-        everything = list(range(len(tables.tensors)))
+        everything = tables.everything
         if hyper[2] == 0 or not any(tables.first):
             return [everything]
         starting = [j for j in everything if tables.first[j]]
