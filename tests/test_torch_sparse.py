@@ -366,7 +366,7 @@ OPTIMIZERS = [("Adagrad", {}), ("SGD", {"momentum": 0.9}), ("SGD", {"momentum": 
 
 
 @pytest.mark.parametrize("optimizer, options", OPTIMIZERS, ids=["Adagrad", "SGD", "SGD-lazy"])
-@pytest.mark.parametrize("which, bad_index", [("first", 10), ("first", -1), ("second", 12)])
+@pytest.mark.parametrize("which, bad_index", [("first", 10), ("first", -1), ("second", 12), ("second", -1)])
 def test_index_out_of_range_is_named_and_nothing_is_written(optimizer, options, which, bad_index):
     opt, _, first, second = three_params(optimizer, **options)
     table = first if which == "first" else second

@@ -314,7 +314,8 @@ class Tables:
         after something else has written: a row-kernel call checks its own tables' indices before it
         writes, but only its own)."""
         nrows = self.arrays[j].shape[0]
-        if indices.size and (indices.min() < 0 or indices.max() >= nrows):
+        # One reduction: as unsigned, a negative int64 index is above any row count.
+        if indices.size and indices.view(np.uint64).max() >= nrows:
             raise self.out_of_range(j, indices, int(np.flatnonzero((indices < 0) | (indices >= nrows))[0]))
 
     def out_of_range(self, j: int, indices: np.ndarray, position: int) -> ValueError:
