@@ -280,6 +280,22 @@ def test_tables_of_several_widths_and_dtypes_step_in_one_call_bitwise(seed, opti
         assert float(opt.state[t]["step"]) == ref.step_count
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rowwise_tables_of_several_widths_and_dtypes_step_in_one_call_bitwise(seed):
+    rng = np.random.default_rng(seed)
+    tables = [torch.from_numpy(random_array(rng, shape, d)).requires_grad_()
+              for shape, d in [((9, 5), np.float32), ((11, 1), np.float64), ((7, 6), np.float32)]]
+    options = {"lr": 0.3, "lr_decay": 0.1, "weight_decay": 0.01, "initial_accumulator_value": 0.1}
+    opt = ct.Adagrad(tables, rowwise=True, **options)
+    refs = [reference.Adagrad(as_rows(t).copy(), rowwise=True, **options) for t in tables]
+    for step in range(4):
+        set_grads(rng, tables, refs, step)
+        opt.step()
+    for t, ref in zip(tables, refs):
+        assert_bitwise_equal(as_rows(t), ref.params[0], "table")
+        assert_bitwise_equal(opt.state[t]["sum"].numpy(), ref.sums[0], "sum")
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=seeds, options=sgd_options(), steps=st.integers(1, 6))
 def test_sgd_tables_of_several_widths_and_dtypes_step_in_one_call_bitwise(seed, options, steps):
