@@ -36,6 +36,11 @@ Interface (for ``cadagrad.optim`` and the torch adapter)
     Call before a row kernel on rows ``indices`` (int32/int64, 1-D, already validated as an array;
     the range is not: an out-of-range index makes it write nothing, so the kernel's own check still
     reports it). Idempotent, O(k), no allocation once the named rows are ready.
+``State.fills: bool``
+    Whether ``ready_rows`` may still write (a value other than 0 and rows not filled yet). A kernel
+    call over several tables checks the ranges of all their indices itself, but only once called:
+    while any of its tables ``fills``, check those ranges before the first ``ready_rows``, so that a
+    bad index in one table leaves the others' rows unfilled.
 ``State.ready_all() -> None``
     Call before a dense kernel step (after validating its grads): advises huge pages, fills every
     remaining row, and leaves ``pending`` False. O(size) once, then free.
@@ -202,6 +207,11 @@ class State:
         else:
             _copy_rows(state.array, array, copy)
         return state
+
+    @property
+    def fills(self) -> bool:
+        """Whether :meth:`ready_rows` may still write; see the module docstring."""
+        return self._fill
 
     def ready_rows(self, indices: np.ndarray) -> None:
         """Fill the rows ``indices`` that hold no value yet; see the module docstring."""

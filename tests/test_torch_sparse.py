@@ -19,6 +19,8 @@ torch = pytest.importorskip("torch")
 import cadagrad  # noqa: E402
 import cadagrad.torch as ct  # noqa: E402
 from cadagrad import _state, reference  # noqa: E402
+from cadagrad._kernels import StepEngine  # noqa: E402
+from cadagrad.torch import _engine as ct_engine  # noqa: E402
 
 nn = torch.nn
 F = torch.nn.functional
@@ -201,6 +203,118 @@ def test_several_tables_and_empty_grads_in_one_step():
         assert float(opt.state[t]["step"]) == 4
 
 
+TABLE_SPECS = [((9, 5), np.float32), ((11,), np.float64), ((7, 2, 3), np.float32)]   # 2-D, 1-D, hybrid
+
+
+def tables_of_a_group(rng) -> list[torch.Tensor]:
+    return [torch.from_numpy(random_array(rng, shape, d)).requires_grad_() for shape, d in TABLE_SPECS]
+
+
+def ones_at(indices: list[int], t: torch.Tensor) -> torch.Tensor:
+    """A sparse grad of ones at ``indices`` for ``t``."""
+    values = np.ones((len(indices), *t.shape[1:]), as_rows(t).dtype)
+    return sparse_rows(np.array(indices), values, tuple(t.shape))
+
+
+def as_rows(t: torch.Tensor) -> np.ndarray:
+    return t.detach().numpy().reshape(t.shape[0], -1)
+
+
+class CountingEngine:
+    """Stands in for a StepEngine and records how many tables each many-table row call steps."""
+
+    calls: list[int] = []
+
+    def __init__(self, *args) -> None:
+        object.__setattr__(self, "engine", StepEngine(*args))
+
+    def __getattr__(self, name):
+        found = getattr(self.engine, name)
+        if not name.endswith("_rows_many"):
+            return found
+
+        def call(indices_list, *args):
+            CountingEngine.calls.append(len(indices_list))
+            return found(indices_list, *args)
+        return call
+
+    def __setattr__(self, name, value):
+        setattr(self.engine, name, value)
+
+
+def set_grads(rng, tables, refs, step: int) -> None:
+    """Table 1 has nnz 0 at even steps; table 2 sometimes no grad (its step count falls behind)."""
+    for n, (t, ref) in enumerate(zip(tables, refs)):
+        if n == 2 and rng.random() < 0.3:
+            t.grad = None
+            continue
+        indices, values = random_rows(rng, t.shape[0], t.shape, as_rows(t).dtype.type)
+        if n == 1 and step % 2 == 0:
+            indices, values = indices[:0], values[:0]
+        t.grad = sparse_rows(indices, values, tuple(t.shape))
+        ref.step_rows(indices.copy(), values.reshape(len(indices), ref.params[0].shape[1]).copy())
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, options=adagrad_options(), steps=st.integers(1, 6))
+def test_tables_of_several_widths_and_dtypes_step_in_one_call_bitwise(seed, options, steps):
+    """Three tables of one group (2-D, 1-D, hybrid; float32 and float64; lazy state, filled row by row
+    when initial_accumulator_value != 0): one kernel call per step count, bit for bit step_rows."""
+    rng = np.random.default_rng(seed)
+    tables = tables_of_a_group(rng)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_state, "LAZY_BYTES", 0)
+        patch.setattr(ct_engine, "StepEngine", CountingEngine)
+        opt = ct.Adagrad(tables, **options)
+        refs = [reference.Adagrad(as_rows(t).copy(), **options) for t in tables]
+        for step in range(steps):
+            set_grads(rng, tables, refs, step)
+            counts = [float(opt.state[t]["step"]) for t in tables if t.grad is not None]
+            CountingEngine.calls = []
+            opt.step()
+            assert CountingEngine.calls == sorted((counts.count(c) for c in set(counts)), reverse=True)
+    opt.state_dict()                                         # fills the rows no step named
+    for t, ref in zip(tables, refs):
+        assert_bitwise_equal(as_rows(t), ref.params[0], "table")
+        assert_bitwise_equal(opt.state[t]["sum"].numpy().reshape(t.shape[0], -1), ref.sums[0], "sum")
+        assert float(opt.state[t]["step"]) == ref.step_count
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rowwise_tables_of_several_widths_and_dtypes_step_in_one_call_bitwise(seed):
+    rng = np.random.default_rng(seed)
+    tables = [torch.from_numpy(random_array(rng, shape, d)).requires_grad_()
+              for shape, d in [((9, 5), np.float32), ((11, 1), np.float64), ((7, 6), np.float32)]]
+    options = {"lr": 0.3, "lr_decay": 0.1, "weight_decay": 0.01, "initial_accumulator_value": 0.1}
+    opt = ct.Adagrad(tables, rowwise=True, **options)
+    refs = [reference.Adagrad(as_rows(t).copy(), rowwise=True, **options) for t in tables]
+    for step in range(4):
+        set_grads(rng, tables, refs, step)
+        opt.step()
+    for t, ref in zip(tables, refs):
+        assert_bitwise_equal(as_rows(t), ref.params[0], "table")
+        assert_bitwise_equal(opt.state[t]["sum"].numpy(), ref.sums[0], "sum")
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, options=sgd_options(), steps=st.integers(1, 6))
+def test_sgd_tables_of_several_widths_and_dtypes_step_in_one_call_bitwise(seed, options, steps):
+    """As above for SGD's lazy rule (and no momentum): a table that joins late starts its buffer
+    (buf = g) in a call of its own."""
+    rng = np.random.default_rng(seed)
+    tables = tables_of_a_group(rng)
+    opt = ct.SGD(tables, lazy_momentum=True, **options)
+    refs = [reference.SGD(as_rows(t).copy(), **options) for t in tables]
+    for step in range(steps):
+        set_grads(rng, tables, refs, step)
+        opt.step()
+    for t, ref in zip(tables, refs):
+        assert_bitwise_equal(as_rows(t), ref.params[0], "table")
+        if options["momentum"] != 0 and ref.momentum_buffers[0] is not None and t in opt.state:
+            buffer = opt.state[t]["momentum_buffer"].numpy().reshape(t.shape[0], -1)
+            assert_bitwise_equal(buffer, ref.momentum_buffers[0], "buffer")
+
+
 def test_rowwise_state_is_one_value_per_row_which_torch_cannot_load():
     bag = nn.EmbeddingBag(10, 4, mode="sum", sparse=True)
     opt = ct.Adagrad(bag.parameters(), lr=0.1, rowwise=True, initial_accumulator_value=0.5)
@@ -268,7 +382,7 @@ OPTIMIZERS = [("Adagrad", {}), ("SGD", {"momentum": 0.9}), ("SGD", {"momentum": 
 
 
 @pytest.mark.parametrize("optimizer, options", OPTIMIZERS, ids=["Adagrad", "SGD", "SGD-lazy"])
-@pytest.mark.parametrize("which, bad_index", [("first", 10), ("first", -1), ("second", 12)])
+@pytest.mark.parametrize("which, bad_index", [("first", 10), ("first", -1), ("second", 12), ("second", -1)])
 def test_index_out_of_range_is_named_and_nothing_is_written(optimizer, options, which, bad_index):
     opt, _, first, second = three_params(optimizer, **options)
     table = first if which == "first" else second
@@ -344,6 +458,36 @@ def test_a_refused_dense_step_leaves_a_lazy_state_unfilled(monkeypatch):
     p.grad = torch.ones(6, 3)
     opt.step()
     assert_bitwise_equal(opt.state[p]["sum"].numpy()[[0, 2, 3, 4, 5]], np.full((5, 3), 1.1, np.float32))
+
+
+@pytest.mark.parametrize("optimizer, options", [
+    *OPTIMIZERS, ("SGD", {}), ("Adagrad", {"initial_accumulator_value": 0.1, "lr_decay": 0.1}),
+], ids=["Adagrad", "SGD", "SGD-lazy", "SGD-plain", "Adagrad-lazy-state"])
+@pytest.mark.parametrize("bad_index", [7, -1])
+def test_a_bad_index_in_the_last_table_of_one_call_leaves_every_table_as_it_was(
+    monkeypatch, optimizer, options, bad_index
+):
+    """The tables of a group step in one kernel call, which checks every index before it writes; lazy
+    state with an initial value is filled only once all of them are known good."""
+    monkeypatch.setattr(_state, "LAZY_BYTES", 0)
+    rng = np.random.default_rng(8)
+    dense = torch.from_numpy(random_array(rng, (5,), np.float32)).requires_grad_()
+    tables = [ForcedGrad(torch.from_numpy(random_array(rng, shape, dtype))) for shape, dtype in TABLE_SPECS]
+    opt = getattr(ct, optimizer)([dense, *tables], lr=0.1, **options)
+    dense.grad = torch.ones(5)
+    for t in tables:
+        t.grad = ones_at([1, 3, 1], t)
+    opt.step()                                    # buffers and step counts exist; rows 0, 2, 4 unfilled
+    for t in tables[:-1]:
+        t.grad = ones_at([0, 2, 4], t)
+    tables[-1].grad = ones_at([2, 0, 4, bad_index], tables[-1])
+    before = snapshot(opt)
+    message = f"param_groups[0]['params'][3].grad: index {bad_index} (position 3 of its indices)"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        opt.step()
+    assert snapshot(opt) == before
+    if optimizer == "Adagrad":
+        assert all(opt.state[t]["sum"].numpy()[0].sum() == 0 for t in tables)   # not even filled
 
 
 def test_sparse_grads_with_differentiable_true_are_refused_before_anything_is_written():

@@ -35,13 +35,15 @@ gives one too. Such a grad is stepped by the same row kernel as ``cadagrad.Adagr
 the table's size. Duplicate rows are summed from zero in order of appearance and every distinct row is
 updated once, in O(nnz x D), bit for bit ``cadagrad.reference``'s ``step_rows`` on those indices and
 values. Params with sparse and with dense grads may share an optimizer and a param group: the dense ones
-still step in one kernel call per group, each table by one row-kernel call. A step runs the tables
-first; the first table's row kernel checks its indices before it writes, and the other tables' indices
-are checked before any kernel runs, so that an index out of range writes nothing anywhere. Every option
-works with sparse grads, including those torch.optim refuses there (weight decay, which then applies to
-the named rows only; maximize; Nesterov). For SGD with momentum the default is torch's rule (every row
-once named keeps moving), ``lazy_momentum=True`` gives TensorFlow's (only the named rows move); the SGD
-docstring gives both and their costs. A param of any shape (V, ...) takes a grad with one sparse dim as V
+still step in one kernel call per group, and the group's tables in one row-kernel call (one per distinct
+step count, as the dense ones; for SGD with momentum, one for the tables whose buffers start at this step
+and one for the others). A step runs the tables first. The row-kernel call with the most tables checks
+all their indices before it writes; the indices of the other calls' tables are checked before any kernel
+runs, so that an index out of range writes nothing anywhere. Every option works with sparse grads,
+including those torch.optim refuses there (weight decay, which then applies to the named rows only;
+maximize; Nesterov). For SGD with momentum the default is torch's rule (every row once named keeps
+moving), ``lazy_momentum=True`` gives TensorFlow's (only the named rows move); the SGD docstring gives
+both and their costs. A param of any shape (V, ...) takes a grad with one sparse dim as V
 rows; ``rowwise`` AdaGrad needs 2-D params.
 
 Requirements and differences from PyTorch

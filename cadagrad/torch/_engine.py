@@ -191,11 +191,12 @@ def _check_states(arrays: list[np.ndarray], states: list[np.ndarray], labels: li
 
 class Tables:
     """The params of one group whose grads are sparse COO rows (embedding tables): one engine over them
-    all, as (V, D) row views; each table steps by its own row-kernel call on its grad's indices and values.
+    all, as (V, D) row views. A step is one row-kernel call per batch of tables that share a step count
+    (see ``EngineOptimizer._batches``), on their grads' indices and values.
     """
 
     __slots__ = ("tensors", "labels", "arrays", "buffers", "states", "shapes", "dtypes", "spans", "engine",
-                 "steps", "first", "zeros", "buffers2")
+                 "everything", "filling", "steps", "first", "zeros", "buffers2")
 
     def __init__(self, tensors: list[torch.Tensor], labels: list[str], buffers: list[State] | None,
                  rowwise: bool = False, buffers2: list[State] | None = None) -> None:
@@ -231,17 +232,30 @@ class Tables:
             spans.append((data_address(state), data_address(state) + state.nbytes))
         widths = [a.shape[1] for a in self.arrays] if rowwise else None
         self.engine = StepEngine(self.arrays, states, False, self._explain, 0, widths, states2)
+        self.everything = list(range(len(tensors)))   # a batch of every table
+        # The tables whose lazy state may still fill rows (a table stops, never starts, filling).
+        self.filling = {j for j, b in enumerate(buffers or []) if b.fills}
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the tables' "step" tensors
         self.first: list[bool] = []            # SGD: whether a table's momentum buffer is not in state yet
         self.zeros: list[np.ndarray | None] = []  # SGD: zero grad rows for the rows that are not named
 
-    def ready(self, j: int, indices: np.ndarray) -> None:
-        """Fill the rows ``indices`` of table ``j``'s lazy state that hold no value yet; call it after
-        the step is validated, just before the row kernel (an index out of range makes it write
-        nothing, so the kernel still reports it)."""
+    def ready(self, batch: list[int], indices: list[np.ndarray]) -> None:
+        """Fill the rows ``indices[n]`` of table ``batch[n]``'s lazy state that hold no value yet; call it
+        after the step is validated, just before the row kernel (an index out of range makes a table's
+        fill write nothing; with several tables, see ``fills``)."""
         for buffers in (self.buffers, self.buffers2):
-            if buffers is not None and buffers[j].pending:
-                buffers[j].ready_rows(indices)
+            if buffers is not None:
+                for j, named in zip(batch, indices):
+                    buffer = buffers[j]
+                    if buffer.pending:
+                        buffer.ready_rows(named)
+
+    def fills(self, batch: list[int]) -> bool:
+        """Whether ``ready`` may write a row of one of the tables ``batch`` (lazy state with an initial
+        value not 0): then one table's fill must wait until every table's indices are known in range.
+        (A second state, AdagradDA's gradient sum, starts at 0 and never fills.)"""
+        filling = self.filling
+        return bool(filling) and any(j in filling and self.buffers[j].fills for j in batch)
 
     def _explain(self, grads: object) -> None:
         for tensor, label, array in zip(self.tensors, self.labels, self.arrays):
@@ -314,10 +328,12 @@ class Tables:
         return grad._indices().detach().numpy()[0], values.resolve_neg().numpy()
 
     def check_range(self, j: int, indices: np.ndarray) -> None:
-        """Raise unless every index of table ``j`` is in ``[0, V)`` (for tables that step after another
-        kernel has written: the row kernel checks its own indices before it writes, but only its own)."""
+        """Raise unless every index of table ``j`` is in ``[0, V)`` (for tables whose kernel call runs
+        after something else has written: a row-kernel call checks its own tables' indices before it
+        writes, but only its own)."""
         nrows = self.arrays[j].shape[0]
-        if indices.size and (indices.min() < 0 or indices.max() >= nrows):
+        # One reduction: as unsigned, a negative int64 index is above any row count.
+        if indices.size and indices.view(np.uint64).max() >= nrows:
             raise self.out_of_range(j, indices, int(np.flatnonzero((indices < 0) | (indices >= nrows))[0]))
 
     def out_of_range(self, j: int, indices: np.ndarray, position: int) -> ValueError:
@@ -326,6 +342,12 @@ class Tables:
             f"{self.labels[j]}.grad: index {int(indices[position])} (position {position} of its indices) is "
             f"out of range for a param of {self.arrays[j].shape[0]} rows; nothing was written"
         )
+
+    def refused(self, batch: list[int], indices: list[np.ndarray], result: int) -> ValueError:
+        """The error for a refused ``*_rows_many`` call on the tables ``batch``: its ``result`` is
+        ``n + len(batch) * position`` for the first index out of range, of table ``batch[n]``."""
+        position, n = divmod(result, len(batch))
+        return self.out_of_range(batch[n], indices[n], position)
 
 
 class Plan:
@@ -624,20 +646,28 @@ class EngineOptimizer(Optimizer):
             prepared = self._prepare(index, group)
             if prepared is not None:
                 work.append((hyper, *prepared))
-        sparse = [(plan.tables, rows) for _, plan, _, rows in work if rows]
-        if sparse or len(work) > 1 or any(len(plan.cohorts) > 1 for _, plan, _, _ in work):
+        calls = [(hyper, plan, rows, batch) for hyper, plan, _, rows in work if rows
+                 for batch in self._batches(plan.tables, hyper)]
+        if calls or len(work) > 1 or any(len(plan.cohorts) > 1 for _, plan, _, _ in work):
             for _, plan, arrays, _ in work:
                 self._precheck(plan, arrays)
-        # Sparse tables step first: the first one checks its own indices before it writes; the others'
-        # are checked here, so that a bad index anywhere leaves everything as it was.
-        for n, (tables, rows) in enumerate(sparse):
-            for j, (indices, _) in enumerate(rows):
-                if n or j:
-                    tables.check_range(j, indices)
+        # Sparse tables step first, one row-kernel call per batch, the largest batch first. A call checks
+        # its own tables' indices before it writes; those of the later calls are checked here, so that a
+        # bad index anywhere leaves everything as it was. So are the first call's if filling lazy state
+        # before it could write a row of one table while another table's index is out of range.
+        if len(calls) > 1:
+            calls.sort(key=lambda call: -len(call[3]))
+        for n, (_, plan, rows, batch) in enumerate(calls):
+            tables = plan.tables
+            if n or (len(batch) > 1 and tables.fills(batch)):
+                for j in batch:
+                    tables.check_range(j, rows[j][0])
         threads = self._num_threads or 0
-        for hyper, plan, _, rows in work:
+        for hyper, plan, rows, batch in calls:
+            self._run_tables(plan, rows, batch, hyper, threads)
+        for _, plan, _, rows in work:
             if rows:
-                self._run_tables(plan, rows, hyper, threads)
+                increment_version(plan.tables.tensors)
         for hyper, plan, arrays, _ in work:
             if arrays:
                 self._run(plan, arrays, hyper, threads)

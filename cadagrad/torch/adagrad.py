@@ -268,19 +268,33 @@ class Adagrad(EngineOptimizer):
             cohort.steps.fill(engine.steps)
             increment_version(cohort.tensors)
 
-    def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], hyper: tuple,
-                    threads: int) -> None:
+    def _batches(self, tables: Tables, hyper: tuple) -> list[list[int]]:
+        """The tables (positions) that one kernel call steps: those with the same step count, which
+        ``lr_decay`` depends on (a table that had no grad at some steps counts fewer)."""
+        counts = tables.steps.tolist()
+        if counts.count(counts[0]) == len(counts):
+            return [tables.everything]
+        by_step: dict[float, list[int]] = {}
+        for j, count in enumerate(counts):
+            by_step.setdefault(count, []).append(j)
+        return list(by_step.values())
+
+    def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], batch: list[int],
+                    hyper: tuple, threads: int) -> None:
         lr, lr_decay, weight_decay, eps, inside, maximize = hyper
         tables = plan.tables
         engine = tables.engine
         steps = tables.steps
-        for j, (indices, values) in enumerate(rows):
-            engine.steps = int(steps[j])                   # lr_decay counts each table's own steps
-            tables.ready(j, indices)
-            bad = engine.adagrad_rows(
-                j, indices, values, False, lr, lr_decay, weight_decay, eps, inside, maximize, threads
-            )
-            if bad >= 0:
-                raise tables.out_of_range(j, indices, bad)
-            steps[j] = engine.steps
-        increment_version(tables.tensors)
+        engine.steps = int(steps[batch[0]])            # one count for the batch: lr_decay counts it
+        indices = [rows[j][0] for j in batch]
+        tables.ready(batch, indices)
+        bad = engine.adagrad_rows_many(
+            indices, [rows[j][1] for j in batch], batch, False, lr, lr_decay, weight_decay, eps, inside,
+            maximize, threads,
+        )
+        if bad >= 0:
+            raise tables.refused(batch, indices, bad)
+        if len(batch) == steps.shape[0]:
+            steps.fill(engine.steps)
+        else:
+            steps[batch] = engine.steps

@@ -200,19 +200,23 @@ class _Proximal(EngineOptimizer):
             cohort.steps.fill(cohort.engine.steps)
             increment_version(cohort.tensors)
 
-    def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], hyper: tuple,
-                    threads: int) -> None:
+    def _batches(self, tables: Tables, hyper: tuple) -> list[list[int]]:
+        """One table a call: the engine has no many-table row kernel for these rules (yet)."""
+        return [[j] for j in range(tables.steps.shape[0])]
+
+    def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], batch: list[int],
+                    hyper: tuple, threads: int) -> None:
         tables = plan.tables
         engine = tables.engine
         steps = tables.steps
-        for j, (indices, values) in enumerate(rows):
+        for j in batch:
+            indices, values = rows[j]
             engine.steps = int(steps[j])                   # each table's own step count (T)
-            tables.ready(j, indices)
+            tables.ready([j], [indices])
             bad = self._rows(engine, j, indices, values, hyper, threads)
             if bad >= 0:
                 raise tables.out_of_range(j, indices, bad)
             steps[j] = engine.steps
-        increment_version(tables.tensors)
 
 
 class ProximalAdagrad(_Proximal):

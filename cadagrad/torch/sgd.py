@@ -260,34 +260,42 @@ class SGD(EngineOptimizer):
         if started:
             self._forget(plan)
 
-    def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], hyper: tuple,
-                    threads: int) -> None:
+    def _batches(self, tables: Tables, hyper: tuple) -> list[list[int]]:
+        """The tables (positions) that one kernel call steps: all of them without momentum; with it,
+        those whose buffers start at this step (``buf = g``), then the others."""
+        everything = tables.everything
+        if hyper[2] == 0 or not any(tables.first):
+            return [everything]
+        starting = [j for j in everything if tables.first[j]]
+        going = [j for j in everything if not tables.first[j]]
+        return [starting, going] if going else [starting]
+
+    def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], batch: list[int],
+                    hyper: tuple, threads: int) -> None:
         lr, weight_decay, momentum, dampening, nesterov, maximize, lazy = hyper
         tables = plan.tables
         engine = tables.engine
-        torch_rule = momentum != 0 and not lazy
-        for j, (indices, values) in enumerate(rows):
-            p = tables.tensors[j]
-            starting = momentum != 0 and tables.first[j]
-            record = self._record(tables, j) if torch_rule else None
-            engine.steps = 0 if starting else 1            # buf = g at a param's first step
-            tables.ready(j, indices)
-            bad = engine.sgd_rows(
-                j, indices, values, False, lr, weight_decay, momentum, dampening, nesterov, maximize, threads
-            )
-            if bad >= 0:
-                raise tables.out_of_range(j, indices, bad)
-            if record is not None:
-                self._step_others(tables, j, record.others(indices), lr, momentum, dampening, nesterov,
+        starting = momentum != 0 and tables.first[batch[0]]
+        records = [self._record(tables, j) for j in batch] if momentum != 0 and not lazy else None
+        engine.steps = 0 if starting else 1            # buf = g at a param's first step
+        indices = [rows[j][0] for j in batch]
+        tables.ready(batch, indices)
+        bad = engine.sgd_rows_many(
+            indices, [rows[j][1] for j in batch], batch, False, lr, weight_decay, momentum, dampening,
+            nesterov, maximize, threads,
+        )
+        if bad >= 0:
+            raise tables.refused(batch, indices, bad)
+        if records is not None:                        # torch's rule: then the rows named before
+            for j, record, named in zip(batch, records, indices):
+                self._step_others(tables, j, record.others(named), lr, momentum, dampening, nesterov,
                                   threads)
-                record.add(indices)
-            elif momentum != 0 and self._touched:
-                self._touched.pop(p, None)
-        increment_version(tables.tensors)
-        if momentum != 0 and any(tables.first):
-            starting = [j for j, flag in enumerate(tables.first) if flag]
-            self._keep_buffers([tables.tensors[j] for j in starting],
-                               [tables.buffers[j] for j in starting])
+                record.add(named)
+        elif momentum != 0 and self._touched:
+            for j in batch:
+                self._touched.pop(tables.tensors[j], None)
+        if starting:
+            self._keep_buffers([tables.tensors[j] for j in batch], [tables.buffers[j] for j in batch])
             self._forget(plan)
 
     def _record(self, tables: Tables, j: int) -> _TouchedRows:
