@@ -378,3 +378,173 @@ cdef void _ceiling_two_states_streamed(floating* p, const floating* grad, floati
         _ceiling_two_states_span(block, grad + lo, S + lo, G + lo, m)
         _stream(p + lo, block, m)
         lo += m
+
+
+# 16-bit params (the rules page, "16-bit params"): float16 or bfloat16 params with float32 state. Each
+# element is widened to float32 (p, and the grad unless it is float32 already), stepped by the float32
+# formulas above (the same inline helpers, so the same operation order), and rounded back once to
+# nearest even by the integer helpers of _platform.pxi. The params are read and written as 16-bit
+# values in place: no float32 copy of them exists. Kind and grad type are literal in every caller,
+# so each combination gets its own straight loop.
+
+ctypedef unsigned short cg_half
+
+ctypedef fused half_grad:
+    # A 16-bit param's grad: in the param's dtype (its bits) or float32.
+    cg_half
+    float
+
+
+cdef enum:
+    # What a param holds; the engine keeps one per param (bfloat16 has no fixed NumPy type number).
+    KIND_FLOAT32 = 0
+    KIND_FLOAT64 = 1
+    KIND_FLOAT16 = 2
+    KIND_BFLOAT16 = 3
+
+
+cdef inline float _widen(cg_half h, int kind) noexcept nogil:
+    if kind == KIND_FLOAT16:
+        return cg_f16_to_f32(h)
+    return cg_bf16_to_f32(h)
+
+
+cdef inline cg_half _narrow(float x, int kind) noexcept nogil:
+    if kind == KIND_FLOAT16:
+        return cg_f32_to_f16(x)
+    return cg_f32_to_bf16(x)
+
+
+cdef inline float _grad32(const half_grad* grad, Py_ssize_t i, int kind) noexcept nogil:
+    if half_grad is float:
+        return grad[i]
+    else:
+        return _widen(grad[i], kind)
+
+
+cdef inline void _adagrad_span_16_as(cg_half* p, const half_grad* grad, float* G, Py_ssize_t n,
+                                     const AdagradArgs* a, int kind) noexcept nogil:
+    cdef float clr = <float>a.clr
+    cdef float wd = <float>a.weight_decay
+    cdef float eps = <float>a.eps
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
+    cdef float g, w
+    cdef Py_ssize_t i
+    for i in range(n):
+        w = _widen(p[i], kind)
+        g = _effective_grad(_grad32(grad, i, kind), w, maximize, has_wd, wd)
+        G[i] = G[i] + g * g
+        p[i] = _narrow(_adagrad_new_param(w, g, clr, _adagrad_denominator(G[i], eps, inside)), kind)
+
+
+cdef void _adagrad_span_16(cg_half* p, const half_grad* grad, float* G, Py_ssize_t n,
+                           const AdagradArgs* a, int kind) noexcept nogil:
+    if kind == KIND_FLOAT16:
+        _adagrad_span_16_as(p, grad, G, n, a, KIND_FLOAT16)
+    else:
+        _adagrad_span_16_as(p, grad, G, n, a, KIND_BFLOAT16)
+
+
+cdef inline void _adagrad_rowwise_rows_16_as(cg_half* p, const half_grad* grad, float* G, Py_ssize_t rows,
+                                             Py_ssize_t cols, const AdagradArgs* a, int kind) noexcept nogil:
+    # _adagrad_rowwise_rows on widened values: the row's mean of g * g (left to right), then one d.
+    cdef float clr = <float>a.clr
+    cdef float wd = <float>a.weight_decay
+    cdef float eps = <float>a.eps
+    cdef float width = <float>cols
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
+    cdef float g, d, total, w
+    cdef Py_ssize_t r, j
+    for r in range(rows):
+        total = 0
+        for j in range(cols):
+            g = _effective_grad(_grad32(grad, j, kind), _widen(p[j], kind), maximize, has_wd, wd)
+            total = total + g * g
+        G[r] = G[r] + total / width
+        d = _adagrad_denominator(G[r], eps, inside)
+        for j in range(cols):
+            w = _widen(p[j], kind)
+            g = _effective_grad(_grad32(grad, j, kind), w, maximize, has_wd, wd)
+            p[j] = _narrow(_adagrad_new_param(w, g, clr, d), kind)
+        p += cols
+        grad += cols
+
+
+cdef void _adagrad_rowwise_rows_16(cg_half* p, const half_grad* grad, float* G, Py_ssize_t rows,
+                                   Py_ssize_t cols, const AdagradArgs* a, int kind) noexcept nogil:
+    if kind == KIND_FLOAT16:
+        _adagrad_rowwise_rows_16_as(p, grad, G, rows, cols, a, KIND_FLOAT16)
+    else:
+        _adagrad_rowwise_rows_16_as(p, grad, G, rows, cols, a, KIND_BFLOAT16)
+
+
+cdef inline void _sgd_span_16_as(cg_half* p, const half_grad* grad, float* buf, Py_ssize_t n,
+                                 const SgdArgs* a, int mode, bint nesterov, int kind) noexcept nogil:
+    # _sgd_span_as on widened values; mode, nesterov and kind literal in every caller.
+    cdef float lr = <float>a.lr
+    cdef float wd = <float>a.weight_decay
+    cdef float momentum = <float>a.momentum
+    cdef float damp1 = <float>a.one_minus_dampening
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay
+    cdef float g, b, w
+    cdef Py_ssize_t i
+    for i in range(n):
+        w = _widen(p[i], kind)
+        g = _effective_grad(_grad32(grad, i, kind), w, maximize, has_wd, wd)
+        if mode != MOMENTUM_NONE:
+            if mode == MOMENTUM_FIRST:
+                b = g
+            else:
+                b = momentum * buf[i] + damp1 * g
+            buf[i] = b
+            if nesterov:
+                g = g + momentum * b
+            else:
+                g = b
+        p[i] = _narrow(w - lr * g, kind)
+
+
+cdef inline void _sgd_span_16_kind(cg_half* p, const half_grad* grad, float* buf, Py_ssize_t n,
+                                   const SgdArgs* a, int kind) noexcept nogil:
+    if a.momentum_mode == MOMENTUM_NONE:
+        _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_NONE, False, kind)
+    elif a.momentum_mode == MOMENTUM_FIRST:
+        if a.nesterov:
+            _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_FIRST, True, kind)
+        else:
+            _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_FIRST, False, kind)
+    elif a.nesterov:
+        _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_LATER, True, kind)
+    else:
+        _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_LATER, False, kind)
+
+
+cdef void _sgd_span_16(cg_half* p, const half_grad* grad, float* buf, Py_ssize_t n, const SgdArgs* a,
+                       int kind) noexcept nogil:
+    if kind == KIND_FLOAT16:
+        _sgd_span_16_kind(p, grad, buf, n, a, KIND_FLOAT16)
+    else:
+        _sgd_span_16_kind(p, grad, buf, n, a, KIND_BFLOAT16)
+
+
+cdef void _ceiling_span_16(cg_half* p, const half_grad* grad, float* state, Py_ssize_t n,
+                           int kind) noexcept nogil:
+    # The ceiling of a 16-bit step: its traffic (read p, grad and the float32 state; write p and the
+    # state) with the widening and rounding a real step pays, and an addition or two per store.
+    cdef Py_ssize_t i
+    cdef float g
+    for i in range(n):
+        g = _grad32(grad, i, kind)
+        if state != NULL:
+            state[i] = state[i] + g * g
+        p[i] = _narrow(_widen(p[i], kind) + g, kind)
+
+
+cdef bint _has_nonfinite_span_16(const cg_half* grad, Py_ssize_t n, int kind) noexcept nogil:
+    # As _has_nonfinite_span: all exponent bits set (0x7c00 in float16, 0x7f80 in bfloat16).
+    cdef cg_half mask = 0x7c00 if kind == KIND_FLOAT16 else 0x7f80
+    cdef cg_half top = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        top = max(top, grad[i] & mask)
+    return top == mask
