@@ -59,42 +59,44 @@ cdef inline void _proximal_span_at(int kernel, Segment* s, Py_ssize_t lo, Py_ssi
         _ceiling_two_states_span(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n)
 
 
-cdef inline bint _run_segment_16_typed(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
+cdef inline bint _run_segment_16_typed(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n, half_param* param,
                                        const half_grad* grad, const void* args) noexcept nogil:
+    # _run_segment for a 16-bit param (float32 state) in one format, with a grad in that format or
+    # float32. The engine never gives the proximal kernels a 16-bit segment.
     cdef Py_ssize_t row, last_row
-    cdef cg_half* param = <cg_half*>s.param
     cdef float* state = <float*>s.state
     if kernel == KERNEL_CHECK_FINITE:
         if half_grad is float:
             return _has_nonfinite_span(grad + lo, n)
         else:
-            return _has_nonfinite_span_16(grad + lo, n, s.kind)
+            return _has_nonfinite_span_16(grad + lo, n)
     if s.cols > 0:
         row = (lo + s.cols - 1) // s.cols
         last_row = (lo + n + s.cols - 1) // s.cols
         if kernel == KERNEL_ADAGRAD and last_row > row:
             _adagrad_rowwise_rows_16(param + row * s.cols, grad + row * s.cols, state + row, last_row - row,
-                                     s.cols, <const AdagradArgs*>args, s.kind)
+                                     s.cols, <const AdagradArgs*>args)
         elif kernel == KERNEL_CEILING:
-            _ceiling_span_16(param + lo, grad + lo, <float*>NULL, n, s.kind)
+            _ceiling_span_16(param + lo, grad + lo, <float*>NULL, n)
         return False
     if kernel == KERNEL_ADAGRAD:
-        _adagrad_span_16(param + lo, grad + lo, state + lo, n, <const AdagradArgs*>args, s.kind)
+        _adagrad_span_16(param + lo, grad + lo, state + lo, n, <const AdagradArgs*>args)
     elif kernel == KERNEL_SGD:
-        _sgd_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, n, <const SgdArgs*>args,
-                     s.kind)
+        _sgd_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, n, <const SgdArgs*>args)
     elif kernel == KERNEL_CEILING:
-        _ceiling_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, n, s.kind)
+        _ceiling_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, n)
     return False
 
 
 cdef inline bint _run_segment_16(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
                                  const void* args) noexcept nogil:
-    # _run_segment for a 16-bit param (float32 state), with a grad in its dtype or float32. The engine
-    # never gives the proximal kernels a 16-bit segment.
+    if s.kind == KIND_FLOAT16:
+        if s.grad_f32:
+            return _run_segment_16_typed(kernel, s, lo, n, <cg_f16*>s.param, <const float*>s.grad, args)
+        return _run_segment_16_typed(kernel, s, lo, n, <cg_f16*>s.param, <const cg_f16*>s.grad, args)
     if s.grad_f32:
-        return _run_segment_16_typed(kernel, s, lo, n, <const float*>s.grad, args)
-    return _run_segment_16_typed(kernel, s, lo, n, <const cg_half*>s.grad, args)
+        return _run_segment_16_typed(kernel, s, lo, n, <cg_bf16*>s.param, <const float*>s.grad, args)
+    return _run_segment_16_typed(kernel, s, lo, n, <cg_bf16*>s.param, <const cg_bf16*>s.grad, args)
 
 
 cdef inline bint _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
