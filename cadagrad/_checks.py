@@ -411,8 +411,6 @@ def check_rows(
         raise ValueError(f"param: expected 0 <= param < {len(params)}, got {param}")
     i = int(param)
     target = params[i]
-    if is_16_bit(target.dtype):
-        raise TypeError(f"params[{i}]: step_rows on {target.dtype} params is not available yet; use step")
     if target.ndim != 2:
         raise ValueError(f"params[{i}]: sparse rows need a 2-D param (rows, columns), got shape {target.shape}")
     if not isinstance(indices, np.ndarray):
@@ -423,8 +421,11 @@ def check_rows(
         raise ValueError(f"indices: expected a 1-D array, got shape {indices.shape}")
     if not indices.flags.c_contiguous or not indices.flags.aligned:
         raise ValueError("indices: expected a contiguous, aligned array")
-    check_float_array(rows, "rows", writable=False)
-    if rows.dtype != target.dtype:
+    half = is_16_bit(target.dtype)
+    check_float_array(rows, "rows", writable=False, half=half)
+    if half and rows.dtype not in (target.dtype, np.dtype(np.float32)):
+        raise TypeError(f"rows: expected dtype {target.dtype} (as params[{i}]) or float32, got {rows.dtype}")
+    if not half and rows.dtype != target.dtype:
         raise TypeError(f"rows: expected dtype {target.dtype} (as params[{i}]), got {rows.dtype}")
     expected = (indices.shape[0], target.shape[1])
     if rows.shape != expected:

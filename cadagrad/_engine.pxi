@@ -415,14 +415,11 @@ cdef class StepEngine:
         self.named[index] = self.row_calls
         s = &self.segs[index]
         param = <cnp.ndarray>self.params[index]
-        if s.kind >= KIND_FLOAT16:
-            raise TypeError(f"params[{index}]: sparse-row steps on {param.dtype} params are not supported; "
-                            "use a dense step")
         if (not _same_array(param, s.param, s.size, s.typenum)
                 or (self.states is not None
-                    and not _same_array(self.states[index], s.state, s.state_size, s.typenum))
+                    and not _same_array(self.states[index], s.state, s.state_size, s.state_typenum))
                 or (self.states2 is not None
-                    and not _same_array(self.states2[index], s.state2, s.size, s.typenum))):
+                    and not _same_array(self.states2[index], s.state2, s.size, s.state_typenum))):
             self.explain(None)
             raise ValueError(f"params[{index}] changed after set-up")
         if cnp.PyArray_NDIM(param) != 2:
@@ -446,7 +443,9 @@ cdef class StepEngine:
         t.n_rows = 0
         if not cnp.PyArray_Check(rows):
             raise TypeError(f"rows{_where(j, many)}: expected a numpy.ndarray, got {type(rows).__name__}")
-        if not _rows_fit(<cnp.ndarray>rows, s.typenum, t.k, t.width):
+        t.rows_f32 = (s.kind >= KIND_FLOAT16 and cnp.PyArray_Check(rows)
+                      and cnp.PyArray_TYPE(<cnp.ndarray>rows) == cnp.NPY_FLOAT32)
+        if not _rows_fit(<cnp.ndarray>rows, cnp.NPY_FLOAT32 if t.rows_f32 else s.typenum, t.k, t.width):
             raise ValueError(f"rows{_where(j, many)}: expected a C-contiguous, aligned array of shape "
                              f"({t.k}, {t.width}) and dtype {param.dtype} (as params[{index}]), "
                              f"got {rows.dtype} {rows.shape}")

@@ -53,8 +53,7 @@ class Adagrad(Optimizer):
     -----
     A float16 or bfloat16 param keeps a float32 accumulator; each step widens ``p`` and ``grad`` to
     float32, applies the rule above in float32 and rounds ``p`` back once, to nearest even (the rules
-    page, "16-bit params"). Its grads may be in its dtype or float32. ``step_rows`` takes float32/float64
-    params only, for now.
+    page, "16-bit params"). Its grads (and gradient rows) may be in its dtype or float32.
 
     ``lr``, ``lr_decay``, ``weight_decay``, ``eps`` and ``num_threads`` may be changed between steps
     (validated); the other options are fixed. Steps on one optimizer from several threads are
@@ -165,7 +164,7 @@ class Adagrad(Optimizer):
             Rows of ``params[param]`` in ``[0, V)``. Duplicates are summed first (in order of
             appearance, from zero), as PyTorch, TensorFlow and Paddle do.
         rows : ndarray, shape (k, D)
-            The gradient rows, in the param's dtype.
+            The gradient rows, in the param's dtype (or float32 for a float16/bfloat16 param).
         param : int, default 0
             Which param (an index into ``params``).
         assume_unique : bool, default False

@@ -251,14 +251,60 @@ def test_a_grad_of_another_dtype_is_refused_naming_it_and_nothing_is_written(dty
     assert opt.step_count == 0
 
 
-def test_16_bit_params_are_refused_where_not_supported_yet():
+def test_16_bit_params_are_refused_by_the_proximal_optimizers():
     p = np.ones((4, 3), ml_dtypes.bfloat16)
     with pytest.raises(TypeError, match=r"params: expected dtype float32 or float64"):
         cadagrad.ProximalAdagrad(p, lr=0.1)
+    with pytest.raises(TypeError, match=r"params: expected dtype float32 or float64"):
+        cadagrad.AdagradDA(p, lr=0.1)
+
+
+@given(dtype=half_dtypes, seed=seeds, steps=st.integers(1, 6), float32_rows=st.booleans(),
+       assume_unique=st.booleans(), rowwise=st.booleans(), options=adagrad_options(),
+       threads=st.sampled_from([1, 2, 3]))
+def test_adagrad_step_rows_on_16_bit_params_matches_reference_bitwise(dtype, seed, steps, float32_rows,
+                                                                      assume_unique, rowwise, options, threads):
+    rng = np.random.default_rng(seed)
+    table = edgy_array(rng, (300, 5), dtype)
+    mine, theirs = table.copy(), table.copy()
+    opt = cadagrad.Adagrad(mine, rowwise=rowwise, num_threads=threads, **options)
+    ref = reference.Adagrad(theirs, rowwise=rowwise, **options)
+    for _ in range(steps):
+        k = int(rng.integers(1, 40))
+        indices = (rng.permutation(300)[:k] if assume_unique else rng.integers(0, 300, size=k)).astype(np.int64)
+        rows = edgy_array(rng, (k, 5), np.float32 if float32_rows else dtype)
+        with np.errstate(all="ignore"):
+            opt.step_rows(indices, rows, assume_unique=assume_unique)
+            ref.step_rows(indices, rows, assume_unique=assume_unique)
+    assert_bitwise_equal(mine, theirs, "params")
+    assert_bitwise_equal(opt.sums[0], ref.sums[0], "sums")
+
+
+@given(dtype=half_dtypes, seed=seeds, steps=st.integers(1, 6), float32_rows=st.booleans(), options=sgd_options())
+def test_sgd_step_rows_on_16_bit_params_matches_reference_bitwise(dtype, seed, steps, float32_rows, options):
+    rng = np.random.default_rng(seed)
+    table = edgy_array(rng, (200, 3), dtype)
+    mine, theirs = table.copy(), table.copy()
+    opt = cadagrad.SGD(mine, **options)
+    ref = reference.SGD(theirs, **options)
+    for _ in range(steps):
+        indices = rng.integers(0, 200, size=int(rng.integers(1, 30))).astype(np.int32)
+        rows = edgy_array(rng, (indices.size, 3), np.float32 if float32_rows else dtype)
+        with np.errstate(all="ignore"):
+            opt.step_rows(indices, rows)
+            ref.step_rows(indices, rows)
+    assert_bitwise_equal(mine, theirs, "params")
+    if options["momentum"] != 0:
+        assert_bitwise_equal(opt.momentum_buffers[0], ref.momentum_buffers[0], "momentum buffers")
+
+
+def test_16_bit_gradient_rows_of_another_dtype_are_refused_and_nothing_is_written():
+    p = np.ones((4, 3), ml_dtypes.bfloat16)
     opt = cadagrad.Adagrad(p, lr=0.1)
-    with pytest.raises(TypeError, match=r"params\[0\]: step_rows on bfloat16 params is not available yet"):
-        opt.step_rows(np.array([1]), np.ones((1, 3), ml_dtypes.bfloat16))
+    with pytest.raises(TypeError, match=r"rows: expected dtype bfloat16 \(as params\[0\]\) or float32, got float16"):
+        opt.step_rows(np.array([1]), np.ones((1, 3), np.float16))
     assert_bitwise_equal(p, np.ones((4, 3), ml_dtypes.bfloat16), "untouched")
+    assert opt.step_count == 0
 
 
 @pytest.mark.parametrize("dtype", HALF)
