@@ -221,7 +221,8 @@ class Optimizer:
         states = None if buffers is None else [b.array for b in buffers]
         states2 = None if buffers2 is None else [b.array for b in buffers2]
         engine = StepEngine(
-            self._params, states, self._single, self._explain, step, self._row_widths(), states2, self._kinds()
+            self._params, states, self._single, self._explain, step, self._row_widths(), states2,
+            self._kinds(),
         )
         self._set_hyperparameters(hyper)          # nothing could fail from here on
         self._set_states(buffers, buffers2)

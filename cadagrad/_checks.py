@@ -212,7 +212,9 @@ def check_grad(grad: object, param: np.ndarray, name: str, param_name: str) -> n
     """Check a grad against its param: the param's dtype and shape; float32 also for a 16-bit param."""
     if not (is_16_bit(param.dtype) and isinstance(grad, np.ndarray) and grad.dtype == np.float32):
         if is_16_bit(param.dtype) and isinstance(grad, np.ndarray) and grad.dtype != param.dtype:
-            raise TypeError(f"{name}: expected dtype {param.dtype} (as {param_name}) or float32, got {grad.dtype}")
+            raise TypeError(
+                f"{name}: expected dtype {param.dtype} (as {param_name}) or float32, got {grad.dtype}"
+            )
         return check_like(grad, param, name, param_name, writable=False)
     check_float_array(grad, name, writable=False)
     if grad.shape != param.shape:

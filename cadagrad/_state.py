@@ -23,8 +23,9 @@ A small buffer is filled eagerly with ``np.full`` (no mapping of its own; nothin
 Interface (for ``cadagrad.optim`` and the torch adapter)
 -------------------------------------------------------
 ``new_state(param: np.ndarray, shape: tuple[int, ...], value: float) -> State``
-    Allocate the state of ``param`` (its dtype, float32 for float16/bfloat16; ``shape`` is ``param.shape``, or ``param.shape[:1]``
-    for row-wise state), holding ``value`` everywhere as far as any reader can tell.
+    Allocate the state of ``param`` (its dtype, float32 for float16/bfloat16; ``shape`` is
+    ``param.shape``, or ``param.shape[:1]`` for row-wise state), holding ``value`` everywhere as far
+    as any reader can tell.
 ``State.array: np.ndarray``
     The buffer itself, C-contiguous, fixed address for the life of the ``State`` (hand it to the step
     engine; ``torch.from_numpy(state.array)`` shares it). Untouched rows may still hold 0 where

@@ -191,7 +191,8 @@ class Adagrad(Optimizer):
         ----------
         grads : ndarray or sequence of ndarray
             Same structure, shapes and dtypes as ``params`` (float32 also for a float16/bfloat16 param).
-            A grad may be its own param; it may not share memory with the accumulators. Every grad is checked before anything is written.
+            A grad may be its own param; it may not share memory with the accumulators. Every grad is
+            checked before anything is written.
         skip_if_nonfinite : bool, default False
             First scan every grad for NaN and infinity (one more read of the grads) and, if one is found,
             skip the whole step: params, accumulators and the step count stay as they were. Without it,
@@ -330,7 +331,8 @@ class SGD(Optimizer):
         ----------
         grads : ndarray or sequence of ndarray
             Same structure, shapes and dtypes as ``params`` (float32 also for a float16/bfloat16 param).
-            A grad may be its own param; it may not share memory with the momentum buffers. Every grad is checked before anything is written.
+            A grad may be its own param; it may not share memory with the momentum buffers. Every grad is
+            checked before anything is written.
         skip_if_nonfinite : bool, default False
             As for :meth:`Adagrad.step`: skip the whole step if any grad holds NaN or infinity.
 

@@ -12,12 +12,12 @@ import warnings
 import ml_dtypes
 import numpy as np
 import pytest
+from conftest import adagrad_options, assert_bitwise_equal, random_array, seeds, sgd_options
 from hypothesis import given
 from hypothesis import strategies as st
 
 import cadagrad
 from cadagrad import _kernels, reference
-from conftest import adagrad_options, assert_bitwise_equal, random_array, seeds, sgd_options
 
 HALF = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 KIND = {HALF[0]: 2, HALF[1]: 3}
@@ -31,7 +31,8 @@ def edgy_array(rng: np.random.Generator, shape: tuple, dtype) -> np.ndarray:
     info = ml_dtypes.finfo(dtype)
     pick = rng.integers(0, 10, size=shape)
     big = float(info.max) * rng.uniform(0.5, 1.0, size=shape) * rng.choice([-1.0, 1.0], size=shape)
-    tiny = float(info.smallest_subnormal) * rng.integers(0, 64, size=shape) * rng.choice([-1.0, 1.0], size=shape)
+    sign = rng.choice([-1.0, 1.0], size=shape)
+    tiny = float(info.smallest_subnormal) * rng.integers(0, 64, size=shape) * sign
     values = np.where(pick == 0, big, np.where(pick == 1, tiny, values))
     with np.errstate(over="ignore"):
         return values.astype(np.float32).astype(dtype)
@@ -46,11 +47,38 @@ def interesting_float32_bits(rng: np.random.Generator) -> np.ndarray:
     for base in (as_f16, as_bf16):
         for delta in (-1, 1, 0x0FFF, 0x1000, 0x1001, 0x7FFF, 0x8000, 0x8001, -0x1000, -0x8000):
             near.append(base + np.uint32(delta & 0xFFFFFFFF))
-    specials = np.array([0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFC00001,
-                         0x7F7FFFFF, 0x477FEFFF, 0x477FF000, 0x477FF001, 0x38800000, 0x387FFFFF,
-                         0x33000000, 0x33000001, 0x32FFFFFF, 0x00000001, 0x007FFFFF], dtype=np.uint32)
-    return np.concatenate([rng.integers(0, 2**32, size=3_000_000, dtype=np.uint64).astype(np.uint32),
-                           as_f16, as_bf16, specials, *near])
+    specials = np.array(
+        [
+            0,
+            0x80000000,
+            0x7F800000,
+            0xFF800000,
+            0x7FC00000,
+            0x7F800001,
+            0xFFC00001,
+            0x7F7FFFFF,
+            0x477FEFFF,
+            0x477FF000,
+            0x477FF001,
+            0x38800000,
+            0x387FFFFF,
+            0x33000000,
+            0x33000001,
+            0x32FFFFFF,
+            0x00000001,
+            0x007FFFFF,
+        ],
+        dtype=np.uint32,
+    )
+    return np.concatenate(
+        [
+            rng.integers(0, 2**32, size=3_000_000, dtype=np.uint64).astype(np.uint32),
+            as_f16,
+            as_bf16,
+            specials,
+            *near,
+        ]
+    )
 
 
 @pytest.mark.parametrize("isa", list(_kernels.available_variants()))
@@ -61,7 +89,7 @@ def test_rounding_helper_matches_numpy_and_ml_dtypes_bitwise(isa, dtype):
     out = np.empty(values.shape, np.uint16)
     module._round_to_16_bit(values, out, dtype == HALF[1])
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                 # NumPy warns on overflow and NaN casts
+        warnings.simplefilter("ignore")  # NumPy warns on overflow and NaN casts
         expected = values.astype(dtype).view(np.uint16)
     bad = np.flatnonzero(out != expected)
     assert bad.size == 0, (
@@ -87,16 +115,24 @@ def test_every_kernel_variant_and_thread_count_matches_reference(isa, dtype, thr
     """Each ISA variant the CPU runs, over the parallel cutoff, in a list mixed with float32 and float64."""
     rng = np.random.default_rng(threads)
     module = _kernels.available_variants()[isa]
-    params = [edgy_array(rng, (70_001,), dtype), random_array(rng, (33_333,), np.float32),
-              edgy_array(rng, (50_000,), dtype), random_array(rng, (1_001,), np.float64)]
+    params = [
+        edgy_array(rng, (70_001,), dtype),
+        random_array(rng, (33_333,), np.float32),
+        edgy_array(rng, (50_000,), dtype),
+        random_array(rng, (1_001,), np.float64),
+    ]
     kinds = [KIND[dtype], 0, KIND[dtype], 1]
     state = [np.zeros(p.shape, reference.state_dtype(p.dtype)) for p in params]
     mine = [p.copy() for p in params]
     ref = reference.Adagrad([p.copy() for p in params], lr=0.05, weight_decay=0.01, lr_decay=0.1)
     engine = module.StepEngine(mine, state, False, None, 0, None, None, kinds)
     for step in range(4):
-        grads = [edgy_array(rng, p.shape, p.dtype if step % 2 else np.float32) if p.itemsize == 2
-                 else random_array(rng, p.shape, p.dtype) for p in params]
+        grads = [
+            edgy_array(rng, p.shape, p.dtype if step % 2 else np.float32)
+            if p.itemsize == 2
+            else random_array(rng, p.shape, p.dtype)
+            for p in params
+        ]
         with np.errstate(all="ignore"):
             engine.adagrad(grads, 0.05, 0.1, 0.01, 1e-10, False, False, threads)
             ref.step(grads)
@@ -107,7 +143,7 @@ def test_every_kernel_variant_and_thread_count_matches_reference(isa, dtype, thr
     bufs = [np.zeros(p.shape, reference.state_dtype(p.dtype)) for p in params]
     ref = reference.SGD([p.copy() for p in params], lr=0.01, momentum=0.9, dampening=0.1, weight_decay=0.01)
     engine = module.StepEngine(mine, bufs, False, None, 0, None, None, kinds)
-    for step in range(4):
+    for _ in range(4):
         grads = [edgy_array(rng, p.shape, p.dtype) for p in params]
         with np.errstate(all="ignore"):
             engine.sgd(grads, 0.01, 0.01, 0.9, 0.1, False, False, threads)
@@ -118,17 +154,29 @@ def test_every_kernel_variant_and_thread_count_matches_reference(isa, dtype, thr
 
 
 def _grads(rng, params, float32_grads):
-    return [edgy_array(rng, p.shape, np.float32 if float32_grads and p.itemsize == 2 else p.dtype)
-            for p in params]
+    return [
+        edgy_array(rng, p.shape, np.float32 if float32_grads and p.itemsize == 2 else p.dtype) for p in params
+    ]
 
 
-@given(dtype=half_dtypes, options=adagrad_options(), seed=seeds, steps=st.integers(1, 8),
-       float32_grads=st.booleans(), threads=st.sampled_from([1, 2, 3]), rowwise=st.booleans())
-def test_adagrad_on_16_bit_params_matches_reference_bitwise(dtype, options, seed, steps, float32_grads, threads,
-                                                            rowwise):
+@given(
+    dtype=half_dtypes,
+    options=adagrad_options(),
+    seed=seeds,
+    steps=st.integers(1, 8),
+    float32_grads=st.booleans(),
+    threads=st.sampled_from([1, 2, 3]),
+    rowwise=st.booleans(),
+)
+def test_adagrad_on_16_bit_params_matches_reference_bitwise(
+    dtype, options, seed, steps, float32_grads, threads, rowwise
+):
     rng = np.random.default_rng(seed)
-    params = [edgy_array(rng, (40_000, 3), dtype), random_array(rng, (5, 4), np.float32),
-              edgy_array(rng, (17, 2), dtype)]
+    params = [
+        edgy_array(rng, (40_000, 3), dtype),
+        random_array(rng, (5, 4), np.float32),
+        edgy_array(rng, (17, 2), dtype),
+    ]
     mine, theirs = [p.copy() for p in params], [p.copy() for p in params]
     opt = cadagrad.Adagrad(mine, num_threads=threads, rowwise=rowwise, **options)
     ref = reference.Adagrad(theirs, rowwise=rowwise, **options)
@@ -143,12 +191,21 @@ def test_adagrad_on_16_bit_params_matches_reference_bitwise(dtype, options, seed
     assert opt.sums[0].dtype == np.float32
 
 
-@given(dtype=half_dtypes, options=sgd_options(), seed=seeds, steps=st.integers(1, 8),
-       float32_grads=st.booleans(), threads=st.sampled_from([1, 2, 3]))
+@given(
+    dtype=half_dtypes,
+    options=sgd_options(),
+    seed=seeds,
+    steps=st.integers(1, 8),
+    float32_grads=st.booleans(),
+    threads=st.sampled_from([1, 2, 3]),
+)
 def test_sgd_on_16_bit_params_matches_reference_bitwise(dtype, options, seed, steps, float32_grads, threads):
     rng = np.random.default_rng(seed)
-    params = [edgy_array(rng, (70_000,), dtype), random_array(rng, (5, 4), np.float64),
-              edgy_array(rng, (17, 2), dtype)]
+    params = [
+        edgy_array(rng, (70_000,), dtype),
+        random_array(rng, (5, 4), np.float64),
+        edgy_array(rng, (17, 2), dtype),
+    ]
     mine, theirs = [p.copy() for p in params], [p.copy() for p in params]
     opt = cadagrad.SGD(mine, num_threads=threads, **options)
     ref = reference.SGD(theirs, **options)
@@ -242,7 +299,8 @@ def test_a_grad_of_another_dtype_is_refused_naming_it_and_nothing_is_written(dty
     opt = cadagrad.Adagrad(params, lr=0.1)
     for wrong in (np.float64, np.float16 if dtype == HALF[1] else ml_dtypes.bfloat16):
         grads = [np.ones(10, np.float32), np.ones(10, wrong)]
-        with pytest.raises(TypeError, match=rf"grads\[1\]: expected dtype {dtype} \(as params\[1\]\) or float32"):
+        expected = rf"grads\[1\]: expected dtype {dtype} \(as params\[1\]\) or float32"
+        with pytest.raises(TypeError, match=expected):
             opt.step(grads)
     with pytest.raises(TypeError, match=r"grads\[0\]: expected dtype float32.*got"):
         opt.step([np.ones(10, dtype), np.ones(10, dtype)])
@@ -259,11 +317,19 @@ def test_16_bit_params_are_refused_by_the_proximal_optimizers():
         cadagrad.AdagradDA(p, lr=0.1)
 
 
-@given(dtype=half_dtypes, seed=seeds, steps=st.integers(1, 6), float32_rows=st.booleans(),
-       assume_unique=st.booleans(), rowwise=st.booleans(), options=adagrad_options(),
-       threads=st.sampled_from([1, 2, 3]))
-def test_adagrad_step_rows_on_16_bit_params_matches_reference_bitwise(dtype, seed, steps, float32_rows,
-                                                                      assume_unique, rowwise, options, threads):
+@given(
+    dtype=half_dtypes,
+    seed=seeds,
+    steps=st.integers(1, 6),
+    float32_rows=st.booleans(),
+    assume_unique=st.booleans(),
+    rowwise=st.booleans(),
+    options=adagrad_options(),
+    threads=st.sampled_from([1, 2, 3]),
+)
+def test_adagrad_step_rows_on_16_bit_params_matches_reference_bitwise(
+    dtype, seed, steps, float32_rows, assume_unique, rowwise, options, threads
+):
     rng = np.random.default_rng(seed)
     table = edgy_array(rng, (300, 5), dtype)
     mine, theirs = table.copy(), table.copy()
@@ -271,7 +337,8 @@ def test_adagrad_step_rows_on_16_bit_params_matches_reference_bitwise(dtype, see
     ref = reference.Adagrad(theirs, rowwise=rowwise, **options)
     for _ in range(steps):
         k = int(rng.integers(1, 40))
-        indices = (rng.permutation(300)[:k] if assume_unique else rng.integers(0, 300, size=k)).astype(np.int64)
+        indices = rng.permutation(300)[:k] if assume_unique else rng.integers(0, 300, size=k)
+        indices = indices.astype(np.int64)
         rows = edgy_array(rng, (k, 5), np.float32 if float32_rows else dtype)
         with np.errstate(all="ignore"):
             opt.step_rows(indices, rows, assume_unique=assume_unique)
@@ -280,7 +347,9 @@ def test_adagrad_step_rows_on_16_bit_params_matches_reference_bitwise(dtype, see
     assert_bitwise_equal(opt.sums[0], ref.sums[0], "sums")
 
 
-@given(dtype=half_dtypes, seed=seeds, steps=st.integers(1, 6), float32_rows=st.booleans(), options=sgd_options())
+@given(
+    dtype=half_dtypes, seed=seeds, steps=st.integers(1, 6), float32_rows=st.booleans(), options=sgd_options()
+)
 def test_sgd_step_rows_on_16_bit_params_matches_reference_bitwise(dtype, seed, steps, float32_rows, options):
     rng = np.random.default_rng(seed)
     table = edgy_array(rng, (200, 3), dtype)
@@ -301,7 +370,8 @@ def test_sgd_step_rows_on_16_bit_params_matches_reference_bitwise(dtype, seed, s
 def test_16_bit_gradient_rows_of_another_dtype_are_refused_and_nothing_is_written():
     p = np.ones((4, 3), ml_dtypes.bfloat16)
     opt = cadagrad.Adagrad(p, lr=0.1)
-    with pytest.raises(TypeError, match=r"rows: expected dtype bfloat16 \(as params\[0\]\) or float32, got float16"):
+    expected = r"rows: expected dtype bfloat16 \(as params\[0\]\) or float32, got float16"
+    with pytest.raises(TypeError, match=expected):
         opt.step_rows(np.array([1]), np.ones((1, 3), np.float16))
     assert_bitwise_equal(p, np.ones((4, 3), ml_dtypes.bfloat16), "untouched")
     assert opt.step_count == 0
