@@ -166,9 +166,10 @@ cdef class StepEngine:
         Parameters
         ----------
         params : sequence of ndarray
-            Writable, aligned, C-contiguous float32/float64 arrays (already validated).
+            Writable, aligned, C-contiguous float32/float64/float16/bfloat16 arrays (already validated).
         states : sequence of ndarray or None
-            One state buffer per param, same shape and dtype (already validated), or None.
+            One state buffer per param, same shape and dtype (float32 for a 16-bit param; already
+            validated), or None.
         single : bool
             Whether a step takes one grad array rather than a sequence.
         explain : callable
