@@ -42,11 +42,13 @@ class Optimizer:
     # Rules that keep a second state per param (AdaGrad dual averaging's gradient sums) name its key.
     _second_state_key: str | None = None
     _hyperparameter_names: tuple[str, ...]
+    # Whether float16/bfloat16 params are stepped (with float32 state; the rules page, "16-bit params").
+    _accepts_16_bit = False
 
     num_threads = Hyperparameter(lambda value, name: _checks.check_num_threads(value, name) or None)
 
     def _set_params(self, params: Params, num_threads: int | None) -> None:
-        self._params, self._single = _checks.check_params(params)
+        self._params, self._single = _checks.check_params(params, half=self._accepts_16_bit)
         self._layout = [(p.size, p.dtype) for p in self._params]
         self._num_threads = _checks.check_num_threads(num_threads) or None
         self._states: list[np.ndarray] | None = None
@@ -91,8 +93,12 @@ class Optimizer:
 
     def _build_engine(self, steps: int) -> None:
         self._engine = StepEngine(
-            self._params, self._states, self._single, self._explain, steps, self._row_widths(), self._states2
+            self._params, self._states, self._single, self._explain, steps, self._row_widths(), self._states2,
+            self._kinds(),
         )
+
+    def _kinds(self) -> list[int]:
+        return [_checks.param_kind(p.dtype) for p in self._params]
 
     def _explain(self, grads: object) -> None:
         _checks.explain_changed(self._params, self._states, self._layout)
@@ -161,7 +167,7 @@ class Optimizer:
         # current states (or the params); ``anchors`` place each new buffer in memory (see cadagrad._state).
         name = f"state_dict[{key!r}]"
         if saved is None and step == 0:
-            saved = [np.zeros(p.shape, dtype=p.dtype) for p in self._params]
+            saved = [np.zeros(p.shape, dtype=_checks.state_dtype(p.dtype)) for p in self._params]
         elif not isinstance(saved, (list, tuple)) or len(saved) != len(self._params):
             raise ValueError(f"{name}: expected a list of {_checks.count(len(self._params), 'array')}")
         shapes = self._states if self._states is not None else self._params
@@ -215,7 +221,8 @@ class Optimizer:
         states = None if buffers is None else [b.array for b in buffers]
         states2 = None if buffers2 is None else [b.array for b in buffers2]
         engine = StepEngine(
-            self._params, states, self._single, self._explain, step, self._row_widths(), states2
+            self._params, states, self._single, self._explain, step, self._row_widths(), states2,
+            self._kinds(),
         )
         self._set_hyperparameters(hyper)          # nothing could fail from here on
         self._set_states(buffers, buffers2)

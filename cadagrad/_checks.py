@@ -12,11 +12,32 @@ import numbers
 from collections.abc import Sequence
 from typing import Union
 
+import ml_dtypes
 import numpy as np
 
 from ._kernels import data_address
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# The 16-bit params that Adagrad and SGD step with float32 state (the rules page, "16-bit params").
+HALF_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+
+# The step engine's kind code of each param dtype (bfloat16's NumPy type number is assigned at run time).
+_KINDS = {np.dtype(np.float32): 0, np.dtype(np.float64): 1, HALF_DTYPES[0]: 2, HALF_DTYPES[1]: 3}
+
+
+def is_16_bit(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is float16 or bfloat16."""
+    return dtype.itemsize == 2 and dtype in HALF_DTYPES
+
+
+def param_kind(dtype: np.dtype) -> int:
+    """The step engine's code for a param dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16."""
+    return _KINDS[dtype]
+
+
+def state_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype of a param's optimizer state: float32 for a 16-bit param, else the param's own."""
+    return np.dtype(np.float32) if is_16_bit(dtype) else dtype
 
 # What the optimizers and the functional steps accept as params, grads and state: one array or a sequence.
 Params = Union[np.ndarray, Sequence[np.ndarray]]
@@ -56,12 +77,16 @@ def as_array_list(obj: object, name: str) -> tuple[list[np.ndarray], bool]:
     raise TypeError(f"{name}: expected a numpy.ndarray or a list of them, {_got(obj)}")
 
 
-def check_float_array(arr: object, name: str, *, writable: bool) -> np.ndarray:
-    """Check that ``arr`` is an aligned, C-contiguous, native float32/float64 ndarray."""
+def check_float_array(arr: object, name: str, *, writable: bool, half: bool = False) -> np.ndarray:
+    """Check that ``arr`` is an aligned, C-contiguous, native float32/float64 ndarray (or, with
+    ``half``, also float16/bfloat16)."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, {_got(arr)}")
-    if arr.dtype not in FLOAT_DTYPES or not arr.dtype.isnative:
-        raise TypeError(f"{name}: expected dtype float32 or float64 (native byte order), got {arr.dtype}")
+    if half and is_16_bit(arr.dtype):
+        pass
+    elif arr.dtype not in FLOAT_DTYPES or not arr.dtype.isnative:
+        expected = "float16, bfloat16, float32 or float64" if half else "float32 or float64"
+        raise TypeError(f"{name}: expected dtype {expected} (native byte order), got {arr.dtype}")
     if not arr.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array, got strides {arr.strides}")
     if not arr.flags.aligned:
@@ -73,7 +98,7 @@ def check_float_array(arr: object, name: str, *, writable: bool) -> np.ndarray:
 
 def check_like(arr: object, ref: np.ndarray, name: str, ref_name: str, *, writable: bool) -> np.ndarray:
     """Check ``arr`` as a float array with the dtype and shape of ``ref``."""
-    arr = check_float_array(arr, name, writable=writable)
+    arr = check_float_array(arr, name, writable=writable, half=is_16_bit(ref.dtype))
     if arr.dtype != ref.dtype:
         raise TypeError(f"{name}: expected dtype {ref.dtype} (as {ref_name}), got {arr.dtype}")
     if arr.shape != ref.shape:
@@ -108,12 +133,15 @@ MAX_STEP = 2**62          # step counts beyond this are refused (the engine coun
 MAX_THREADS = 1 << 16
 
 
-def check_params(params: object, name: str = "params") -> tuple[list[np.ndarray], bool]:
-    """Validate the params of an optimizer: writable float arrays, no two sharing memory."""
+def check_params(
+    params: object, name: str = "params", *, half: bool = False
+) -> tuple[list[np.ndarray], bool]:
+    """Validate the params of an optimizer: writable float arrays (float16 and bfloat16 too with
+    ``half``), no two sharing memory."""
     arrays, single = as_array_list(params, name)
     label = (lambda i: name) if single else (lambda i: f"{name}[{i}]")
     for i, arr in enumerate(arrays):
-        check_float_array(arr, label(i), writable=True)
+        check_float_array(arr, label(i), writable=True, half=half)
     clash = _first_overlap([(_byte_range(a), i) for i, a in enumerate(arrays)])
     if clash is not None:
         first, second = sorted(clash)
@@ -160,8 +188,8 @@ def check_grads(grads: object, params: list[np.ndarray], single: bool, states: l
         items, label = list(grads), (lambda i: f"grads[{i}]")
     pname = (lambda i: "params") if single else (lambda i: f"params[{i}]")
     for i, (grad, param) in enumerate(zip(items, params)):
-        check_float_array(param, pname(i), writable=True)
-        check_like(grad, param, label(i), pname(i), writable=False)
+        check_float_array(param, pname(i), writable=True, half=True)
+        check_grad(grad, param, label(i), pname(i))
     # What a step writes (every param and state), sorted: each grad is looked up by bisection.
     written = sorted(
         [(_byte_range(p), i, False) for i, p in enumerate(params) if p.nbytes]
@@ -180,12 +208,26 @@ def check_grads(grads: object, params: list[np.ndarray], single: bool, states: l
         raise ValueError(f"{label(i)}: shares memory with {what}, which the step writes")
 
 
+def check_grad(grad: object, param: np.ndarray, name: str, param_name: str) -> np.ndarray:
+    """Check a grad against its param: the param's dtype and shape; float32 also for a 16-bit param."""
+    if not (is_16_bit(param.dtype) and isinstance(grad, np.ndarray) and grad.dtype == np.float32):
+        if is_16_bit(param.dtype) and isinstance(grad, np.ndarray) and grad.dtype != param.dtype:
+            raise TypeError(
+                f"{name}: expected dtype {param.dtype} (as {param_name}) or float32, got {grad.dtype}"
+            )
+        return check_like(grad, param, name, param_name, writable=False)
+    check_float_array(grad, name, writable=False)
+    if grad.shape != param.shape:
+        raise ValueError(f"{name}: expected shape {param.shape} (as {param_name}), got {grad.shape}")
+    return grad
+
+
 def explain_changed(
     params: list[np.ndarray], states: list[np.ndarray] | None, layout: Sequence[tuple[int, np.dtype]]
 ) -> None:
     """Raise the error for params or state that changed (resized, retyped, made read-only) after set-up."""
     for i, (param, (size, dtype)) in enumerate(zip(params, layout)):
-        check_float_array(param, f"params[{i}]", writable=True)
+        check_float_array(param, f"params[{i}]", writable=True, half=True)
         if param.size != size:
             raise ValueError(f"params[{i}]: was resized from {size} to {param.size} elements after set-up")
         if param.dtype != dtype:
@@ -381,8 +423,11 @@ def check_rows(
         raise ValueError(f"indices: expected a 1-D array, got shape {indices.shape}")
     if not indices.flags.c_contiguous or not indices.flags.aligned:
         raise ValueError("indices: expected a contiguous, aligned array")
-    check_float_array(rows, "rows", writable=False)
-    if rows.dtype != target.dtype:
+    half = is_16_bit(target.dtype)
+    check_float_array(rows, "rows", writable=False, half=half)
+    if half and rows.dtype not in (target.dtype, np.dtype(np.float32)):
+        raise TypeError(f"rows: expected dtype {target.dtype} (as params[{i}]) or float32, got {rows.dtype}")
+    if not half and rows.dtype != target.dtype:
         raise TypeError(f"rows: expected dtype {target.dtype} (as params[{i}]), got {rows.dtype}")
     expected = (indices.shape[0], target.shape[1])
     if rows.shape != expected:

@@ -112,6 +112,22 @@ cdef inline bint _overlaps_named(const char* start, Py_ssize_t nbytes, const Byt
     return False
 
 
+cdef int _kind_of(cnp.ndarray p, object kind) except -1:
+    # A param's kind: as named by the caller (checked against its itemsize), else from its type number.
+    cdef int typenum = cnp.PyArray_TYPE(p)
+    cdef int found
+    if kind is None:
+        if typenum == cnp.NPY_FLOAT16:
+            return KIND_FLOAT16
+        return KIND_FLOAT64 if typenum == cnp.NPY_FLOAT64 else KIND_FLOAT32
+    found = kind
+    if (found == KIND_FLOAT32 and typenum == cnp.NPY_FLOAT32) or (found == KIND_FLOAT64 and typenum == cnp.NPY_FLOAT64) \
+            or (found == KIND_FLOAT16 and typenum == cnp.NPY_FLOAT16) \
+            or (found == KIND_BFLOAT16 and cnp.PyArray_ITEMSIZE(p) == 2 and typenum != cnp.NPY_FLOAT16):
+        return found
+    raise ValueError(f"kinds: {kind!r} does not fit a param of dtype {p.dtype}")
+
+
 cdef class StepEngine:
     """Params and their state as raw pointers, stepped in one parallel region.
 
@@ -142,16 +158,18 @@ cdef class StepEngine:
     cdef Py_ssize_t* named         # per param: the number of the last row step that named it
     cdef Py_ssize_t row_calls
     cdef public Py_ssize_t steps
+    cdef bint has_16_bit           # some param is float16 or bfloat16
 
     def __cinit__(self, params, states, bint single, explain, Py_ssize_t steps=0, row_widths=None,
-                  states2=None):
+                  states2=None, kinds=None):
         """
         Parameters
         ----------
         params : sequence of ndarray
-            Writable, aligned, C-contiguous float32/float64 arrays (already validated).
+            Writable, aligned, C-contiguous float32/float64/float16/bfloat16 arrays (already validated).
         states : sequence of ndarray or None
-            One state buffer per param, same shape and dtype (already validated), or None.
+            One state buffer per param, same shape and dtype (float32 for a 16-bit param; already
+            validated), or None.
         single : bool
             Whether a step takes one grad array rather than a sequence.
         explain : callable
@@ -165,6 +183,10 @@ cdef class StepEngine:
         states2 : sequence of ndarray, optional
             A second state buffer per param, same shape and dtype (already validated): the gradient sums
             of AdaGrad dual averaging, whose ``states`` are the squared sums.
+        kinds : sequence of int, optional
+            Per param: 0 float32, 1 float64, 2 float16, 3 bfloat16 (whose NumPy type number is assigned
+            at run time, so the caller names it). A 16-bit param's states are float32 and its grads may
+            be in its dtype or float32. Without it, float16 params are recognised by type number.
         """
         cdef Py_ssize_t i, start = 0
         cdef cnp.ndarray p
@@ -195,6 +217,11 @@ cdef class StepEngine:
             self.segs[i].start = start
             self.segs[i].typenum = cnp.PyArray_TYPE(p)
             self.segs[i].is_double = self.segs[i].typenum == cnp.NPY_FLOAT64
+            self.segs[i].kind = _kind_of(p, kinds[i] if kinds is not None else None)
+            self.segs[i].state_typenum = (cnp.NPY_FLOAT32 if self.segs[i].kind >= KIND_FLOAT16
+                                          else self.segs[i].typenum)
+            self.segs[i].grad_f32 = False
+            self.has_16_bit |= self.segs[i].kind >= KIND_FLOAT16
             start += self.segs[i].size
         self.total = start
         self._sort_ranges()
@@ -203,15 +230,18 @@ cdef class StepEngine:
         cdef Py_ssize_t i, itemsize
         cdef list found = []
         cdef Segment* s
+        cdef Py_ssize_t state_itemsize
         for i in range(self.k):
             s = &self.segs[i]
-            itemsize = 8 if s.is_double else 4
+            itemsize = 8 if s.is_double else (2 if s.kind >= KIND_FLOAT16 else 4)
+            state_itemsize = 8 if s.is_double else 4
             if s.size > 0:
                 found.append((<Py_ssize_t>s.param, <Py_ssize_t>(s.param + s.size * itemsize), i, False))
             if s.state != NULL and s.state_size > 0:
-                found.append((<Py_ssize_t>s.state, <Py_ssize_t>(s.state + s.state_size * itemsize), i, True))
+                found.append((<Py_ssize_t>s.state, <Py_ssize_t>(s.state + s.state_size * state_itemsize), i,
+                              True))
             if s.state2 != NULL and s.size > 0:
-                found.append((<Py_ssize_t>s.state2, <Py_ssize_t>(s.state2 + s.size * itemsize), i, True))
+                found.append((<Py_ssize_t>s.state2, <Py_ssize_t>(s.state2 + s.size * state_itemsize), i, True))
         found.sort()
         self.ranges = <ByteRange*>malloc(max(len(found), 1) * sizeof(ByteRange))
         if self.ranges == NULL:
@@ -306,12 +336,14 @@ cdef class StepEngine:
         for i in range(self.k):
             s = &self.segs[i]
             g = grads[i]
-            if (not _grad_fits(g, self.params[i], s.typenum)
+            s.grad_f32 = (s.kind >= KIND_FLOAT16 and cnp.PyArray_Check(g)
+                          and cnp.PyArray_TYPE(<cnp.ndarray>g) == cnp.NPY_FLOAT32)
+            if (not _grad_fits(g, self.params[i], cnp.NPY_FLOAT32 if s.grad_f32 else s.typenum)
                     or not _same_array(self.params[i], s.param, s.size, s.typenum)
                     or (self.states is not None
-                        and not _same_array(self.states[i], s.state, s.state_size, s.typenum))
+                        and not _same_array(self.states[i], s.state, s.state_size, s.state_typenum))
                     or (self.states2 is not None
-                        and not _same_array(self.states2[i], s.state2, s.size, s.typenum))
+                        and not _same_array(self.states2[i], s.state2, s.size, s.state_typenum))
                     or not _grad_alias_ok(<const char*>cnp.PyArray_DATA(<cnp.ndarray>g),
                                           cnp.PyArray_NBYTES(<cnp.ndarray>g), i, self.ranges, self.n_ranges)):
                 self.explain(given)
@@ -386,9 +418,9 @@ cdef class StepEngine:
         param = <cnp.ndarray>self.params[index]
         if (not _same_array(param, s.param, s.size, s.typenum)
                 or (self.states is not None
-                    and not _same_array(self.states[index], s.state, s.state_size, s.typenum))
+                    and not _same_array(self.states[index], s.state, s.state_size, s.state_typenum))
                 or (self.states2 is not None
-                    and not _same_array(self.states2[index], s.state2, s.size, s.typenum))):
+                    and not _same_array(self.states2[index], s.state2, s.size, s.state_typenum))):
             self.explain(None)
             raise ValueError(f"params[{index}] changed after set-up")
         if cnp.PyArray_NDIM(param) != 2:
@@ -412,7 +444,9 @@ cdef class StepEngine:
         t.n_rows = 0
         if not cnp.PyArray_Check(rows):
             raise TypeError(f"rows{_where(j, many)}: expected a numpy.ndarray, got {type(rows).__name__}")
-        if not _rows_fit(<cnp.ndarray>rows, s.typenum, t.k, t.width):
+        t.rows_f32 = (s.kind >= KIND_FLOAT16 and cnp.PyArray_Check(rows)
+                      and cnp.PyArray_TYPE(<cnp.ndarray>rows) == cnp.NPY_FLOAT32)
+        if not _rows_fit(<cnp.ndarray>rows, cnp.NPY_FLOAT32 if t.rows_f32 else s.typenum, t.k, t.width):
             raise ValueError(f"rows{_where(j, many)}: expected a C-contiguous, aligned array of shape "
                              f"({t.k}, {t.width}) and dtype {param.dtype} (as params[{index}]), "
                              f"got {rows.dtype} {rows.shape}")
@@ -571,6 +605,8 @@ cdef class StepEngine:
 
     cdef int _pack_proximal(self, ProximalArgs* a, double lr, double l1, double l2) except -1:
         # The arguments of a proximal AdaGrad step (dense or rows), checked before anything is written.
+        if self.has_16_bit:
+            raise TypeError("proximal AdaGrad takes float32 or float64 params only")
         if self.states is None:
             raise ValueError("proximal AdaGrad needs accumulators (states)")
         if not (lr > 0.0 and l1 >= 0.0 and l2 >= 0.0):
@@ -584,6 +620,8 @@ cdef class StepEngine:
 
     cdef int _pack_adagrad_da(self, DualAveragingArgs* a, double lr, double l1, double l2) except -1:
         # The arguments of a dual-averaging step with T = steps + 1; the products in double.
+        if self.has_16_bit:
+            raise TypeError("AdaGrad dual averaging takes float32 or float64 params only")
         cdef double T = <double>(self.steps + 1)
         if self.states is None or self.states2 is None:
             raise ValueError("AdaGrad dual averaging needs squared sums (states) and gradient sums (states2)")

@@ -20,6 +20,7 @@ class StepEngine:
         steps: int = 0,
         row_widths: Sequence[int] | None = None,
         states2: Sequence[np.ndarray] | None = None,
+        kinds: Sequence[int] | None = None,
     ) -> StepEngine: ...
     @property
     def size(self) -> int: ...

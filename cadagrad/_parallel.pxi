@@ -21,8 +21,11 @@ cdef struct Segment:
     Py_ssize_t start       # index of its first element in the concatenation of all segments
     Py_ssize_t cols        # row-wise AdaGrad: elements per row (one accumulator per row); else 0
     Py_ssize_t state_size  # elements of the state: size, or size // cols when row-wise
-    int typenum            # NumPy's type number of the param (and of its state and grads)
+    int typenum            # NumPy's type number of the param (and of its grads, but see grad_f32)
+    int state_typenum      # of its state: the param's, or float32 for a 16-bit param
+    int kind               # KIND_FLOAT32, KIND_FLOAT64, KIND_FLOAT16 or KIND_BFLOAT16
     bint is_double
+    bint grad_f32          # a 16-bit param's grad of this step is float32 (refreshed at every step)
 
 
 cdef enum:
@@ -56,8 +59,50 @@ cdef inline void _proximal_span_at(int kernel, Segment* s, Py_ssize_t lo, Py_ssi
         _ceiling_two_states_span(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n)
 
 
+cdef inline bint _run_segment_16_typed(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n, half_param* param,
+                                       const half_grad* grad, const void* args) noexcept nogil:
+    # _run_segment for a 16-bit param (float32 state) in one format, with a grad in that format or
+    # float32. The engine never gives the proximal kernels a 16-bit segment.
+    cdef Py_ssize_t row, last_row
+    cdef float* state = <float*>s.state
+    if kernel == KERNEL_CHECK_FINITE:
+        if half_grad is float:
+            return _has_nonfinite_span(grad + lo, n)
+        else:
+            return _has_nonfinite_span_16(grad + lo, n)
+    if s.cols > 0:
+        row = (lo + s.cols - 1) // s.cols
+        last_row = (lo + n + s.cols - 1) // s.cols
+        if kernel == KERNEL_ADAGRAD and last_row > row:
+            _adagrad_rowwise_rows_16(param + row * s.cols, grad + row * s.cols, state + row, last_row - row,
+                                     s.cols, <const AdagradArgs*>args)
+        elif kernel == KERNEL_CEILING:
+            _ceiling_span_16(param + lo, grad + lo, <float*>NULL, n)
+        return False
+    if kernel == KERNEL_ADAGRAD:
+        _adagrad_span_16(param + lo, grad + lo, state + lo, n, <const AdagradArgs*>args)
+    elif kernel == KERNEL_SGD:
+        _sgd_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, n, <const SgdArgs*>args)
+    elif kernel == KERNEL_CEILING:
+        _ceiling_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, n)
+    return False
+
+
+cdef inline bint _run_segment_16(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
+                                 const void* args) noexcept nogil:
+    if s.kind == KIND_FLOAT16:
+        if s.grad_f32:
+            return _run_segment_16_typed(kernel, s, lo, n, <cg_f16*>s.param, <const float*>s.grad, args)
+        return _run_segment_16_typed(kernel, s, lo, n, <cg_f16*>s.param, <const cg_f16*>s.grad, args)
+    if s.grad_f32:
+        return _run_segment_16_typed(kernel, s, lo, n, <cg_bf16*>s.param, <const float*>s.grad, args)
+    return _run_segment_16_typed(kernel, s, lo, n, <cg_bf16*>s.param, <const cg_bf16*>s.grad, args)
+
+
 cdef inline bint _run_segment(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n,
                               const void* args) noexcept nogil:
+    if s.kind >= KIND_FLOAT16:
+        return _run_segment_16(kernel, s, lo, n, args)
     if kernel == KERNEL_CHECK_FINITE:
         if s.is_double:
             return _has_nonfinite_span(<const double*>s.grad + lo, n)

@@ -32,6 +32,7 @@ cdef struct RowTable:
     const char* indices
     const char* rows
     bint wide              # int64 indices (else int32)
+    bint rows_f32          # a 16-bit param's gradient rows are float32 (else in its format)
     Py_ssize_t k           # number of indices
     Py_ssize_t nrows       # V: rows of the param
     Py_ssize_t width       # D: elements per row
@@ -245,6 +246,71 @@ cdef void _apply_rows_typed(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssi
             _ceiling_span(param + row * width, g, state + row * width if state != NULL else NULL, width)
 
 
+cdef void _apply_rows_16(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssize_t u1, half_param* param,
+                        const half_grad* rows, float* acc, const void* args) noexcept nogil:
+    # _apply_rows_typed for a 16-bit param (float32 state): each row's gradient is widened to float32
+    # and, with duplicates, summed in float32 from zero in order of appearance (the rules page, "16-bit
+    # params"), then the row is stepped by the dense 16-bit spans.
+    cdef Segment* s = t.seg
+    cdef float* state = <float*>s.state
+    cdef const Py_ssize_t* uniq = t.groups.uniq
+    cdef const Py_ssize_t* first = t.groups.first
+    cdef const Py_ssize_t* order = t.groups.order
+    cdef Py_ssize_t width = t.width
+    cdef Py_ssize_t u, o, c, row, ahead
+    cdef Py_ssize_t state_width = 1 if s.cols > 0 else width
+    cdef bint unique = uniq == NULL
+    cdef const half_grad* src
+    for u in range(u0, u1):
+        ahead = u + PREFETCH_ROWS
+        if ahead < u1:
+            ahead = _read_index(t.indices, t.wide, ahead) if unique else uniq[ahead]
+            cg_prefetch(param + ahead * width, width * sizeof(half_param), 1)
+            if state != NULL:
+                cg_prefetch(state + ahead * state_width, state_width * sizeof(float), 1)
+        if unique:
+            row = _read_index(t.indices, t.wide, u)
+            src = rows + u * width
+            for c in range(width):
+                acc[c] = _grad32(src, c)
+        else:
+            row = uniq[u]
+            for c in range(width):
+                acc[c] = 0
+            for o in range(first[u], first[u + 1]):
+                src = rows + order[o] * width
+                for c in range(width):
+                    acc[c] = acc[c] + _grad32(src, c)
+        if kernel == KERNEL_ADAGRAD:
+            if s.cols > 0:
+                _adagrad_rowwise_rows_16(param + row * width, <const float*>acc, state + row, 1, width,
+                                         <const AdagradArgs*>args)
+            else:
+                _adagrad_span_16(param + row * width, <const float*>acc, state + row * width, width,
+                                 <const AdagradArgs*>args)
+        elif kernel == KERNEL_SGD:
+            _sgd_span_16(param + row * width, <const float*>acc, state + row * width if state != NULL else NULL,
+                         width, <const SgdArgs*>args)
+        elif state != NULL and s.cols == 0:     # KERNEL_CEILING
+            _ceiling_span_16(param + row * width, <const float*>acc, state + row * width, width)
+        else:                                   # KERNEL_CEILING, state per row negligible
+            _ceiling_span_16(param + row * width, <const float*>acc, <float*>NULL, width)
+
+
+cdef void _apply_rows_16_of(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssize_t u1, float* acc,
+                           const void* args) noexcept nogil:
+    # The format of the param and of its gradient rows, picked once per table.
+    if t.seg.kind == KIND_FLOAT16:
+        if t.rows_f32:
+            _apply_rows_16(kernel, t, u0, u1, <cg_f16*>t.seg.param, <const float*>t.rows, acc, args)
+        else:
+            _apply_rows_16(kernel, t, u0, u1, <cg_f16*>t.seg.param, <const cg_f16*>t.rows, acc, args)
+    elif t.rows_f32:
+        _apply_rows_16(kernel, t, u0, u1, <cg_bf16*>t.seg.param, <const float*>t.rows, acc, args)
+    else:
+        _apply_rows_16(kernel, t, u0, u1, <cg_bf16*>t.seg.param, <const cg_bf16*>t.rows, acc, args)
+
+
 cdef void _walk_rows(int kernel, const RowTable* tables, Py_ssize_t j0, Py_ssize_t u0, Py_ssize_t j1,
                      Py_ssize_t u1, char* acc, const void* args) noexcept nogil:
     # The one row walk: distinct rows from (table j0, row u0) up to, not including, (table j1, row u1).
@@ -257,7 +323,9 @@ cdef void _walk_rows(int kernel, const RowTable* tables, Py_ssize_t j0, Py_ssize
             hi = tables[j].n_rows
         if hi <= lo:
             continue
-        if tables[j].seg.is_double:
+        if tables[j].seg.kind >= KIND_FLOAT16:
+            _apply_rows_16_of(kernel, &tables[j], lo, hi, <float*>acc, args)
+        elif tables[j].seg.is_double:
             _apply_rows_typed(kernel, &tables[j], lo, hi, <double*>acc, args)
         else:
             _apply_rows_typed(kernel, &tables[j], lo, hi, <float*>acc, args)

@@ -23,8 +23,9 @@ A small buffer is filled eagerly with ``np.full`` (no mapping of its own; nothin
 Interface (for ``cadagrad.optim`` and the torch adapter)
 -------------------------------------------------------
 ``new_state(param: np.ndarray, shape: tuple[int, ...], value: float) -> State``
-    Allocate the state of ``param`` (its dtype; ``shape`` is ``param.shape``, or ``param.shape[:1]``
-    for row-wise state), holding ``value`` everywhere as far as any reader can tell.
+    Allocate the state of ``param`` (its dtype, float32 for float16/bfloat16; ``shape`` is
+    ``param.shape``, or ``param.shape[:1]`` for row-wise state), holding ``value`` everywhere as far
+    as any reader can tell.
 ``State.array: np.ndarray``
     The buffer itself, C-contiguous, fixed address for the life of the ``State`` (hand it to the step
     engine; ``torch.from_numpy(state.array)`` shares it). Untouched rows may still hold 0 where
@@ -69,6 +70,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ._checks import state_dtype
 from ._kernels import data_address
 
 PHASE_PERIOD = 1 << 21           # a transparent huge page: address bits below it are physical
@@ -159,7 +161,7 @@ class State:
     pending: bool
 
     def __init__(self, param: np.ndarray, shape: tuple[int, ...], value: float) -> None:
-        dtype = param.dtype
+        dtype = state_dtype(param.dtype)
         self.value = float(value)
         self._ready: np.ndarray | None = None       # rows filled with value (2-D use only), or None
         self._seen: np.ndarray | None = None        # scratch for ready_rows, grown, never shrunk
@@ -276,7 +278,8 @@ class State:
 
 
 def new_state(param: np.ndarray, shape: tuple[int, ...], value: float) -> State:
-    """The state buffer of ``param``: ``shape`` in its dtype, ``value`` everywhere (lazily if large).
+    """The state buffer of ``param``: ``shape`` in its state dtype (the param's, float32 for a 16-bit
+    param), ``value`` everywhere (lazily if large).
 
     Parameters
     ----------

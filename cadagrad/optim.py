@@ -11,7 +11,8 @@ from ._state import new_state
 
 
 class Adagrad(Optimizer):
-    r"""AdaGrad, in place on float32/float64 NumPy arrays, bit-identical to ``cadagrad.reference``.
+    r"""AdaGrad, in place on float32/float64/float16/bfloat16 NumPy arrays, bit-identical to
+    ``cadagrad.reference``.
 
     At step ``t`` (1-based), for every element, in this order and in the array's dtype::
 
@@ -25,7 +26,8 @@ class Adagrad(Optimizer):
     Parameters
     ----------
     params : ndarray or sequence of ndarray
-        Writable, C-contiguous float32/float64 arrays, updated in place; no two may share memory.
+        Writable, C-contiguous float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``) arrays,
+        updated in place; no two may share memory. Lists may mix dtypes.
     lr : float, default 0.01
         Learning rate.
     lr_decay : float, default 0
@@ -49,6 +51,10 @@ class Adagrad(Optimizer):
 
     Notes
     -----
+    A float16 or bfloat16 param keeps a float32 accumulator; each step widens ``p`` and ``grad`` to
+    float32, applies the rule above in float32 and rounds ``p`` back once, to nearest even (the rules
+    page, "16-bit params"). Its grads (and gradient rows) may be in its dtype or float32.
+
     ``lr``, ``lr_decay``, ``weight_decay``, ``eps`` and ``num_threads`` may be changed between steps
     (validated); the other options are fixed. Steps on one optimizer from several threads are
     serialized. The GIL is released while a step runs.
@@ -65,6 +71,7 @@ class Adagrad(Optimizer):
     """
 
     _state_key = "sum"
+    _accepts_16_bit = True
     _hyperparameter_names = (
         "lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "eps_inside_sqrt", "maximize",
         "rowwise",
@@ -157,7 +164,7 @@ class Adagrad(Optimizer):
             Rows of ``params[param]`` in ``[0, V)``. Duplicates are summed first (in order of
             appearance, from zero), as PyTorch, TensorFlow and Paddle do.
         rows : ndarray, shape (k, D)
-            The gradient rows, in the param's dtype.
+            The gradient rows, in the param's dtype (or float32 for a float16/bfloat16 param).
         param : int, default 0
             Which param (an index into ``params``).
         assume_unique : bool, default False
@@ -183,8 +190,9 @@ class Adagrad(Optimizer):
         Parameters
         ----------
         grads : ndarray or sequence of ndarray
-            Same structure, shapes and dtypes as ``params``. A grad may be its own param; it may not
-            share memory with the accumulators. Every grad is checked before anything is written.
+            Same structure, shapes and dtypes as ``params`` (float32 also for a float16/bfloat16 param).
+            A grad may be its own param; it may not share memory with the accumulators. Every grad is
+            checked before anything is written.
         skip_if_nonfinite : bool, default False
             First scan every grad for NaN and infinity (one more read of the grads) and, if one is found,
             skip the whole step: params, accumulators and the step count stay as they were. Without it,
@@ -208,6 +216,9 @@ class Adagrad(Optimizer):
 class SGD(Optimizer):
     r"""Stochastic gradient descent with momentum, in place, bit-identical to ``cadagrad.reference``.
 
+    Takes float32/float64 params, and float16/bfloat16 params with float32 momentum buffers (as for
+    :class:`Adagrad`).
+
     At step ``t`` (1-based), for every element, in this order and in the array's dtype::
 
         g = -grad if maximize else grad
@@ -221,7 +232,8 @@ class SGD(Optimizer):
     Parameters
     ----------
     params : ndarray or sequence of ndarray
-        Writable, C-contiguous float32/float64 arrays, updated in place; no two may share memory.
+        Writable, C-contiguous float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``) arrays,
+        updated in place; no two may share memory. Lists may mix dtypes.
     lr : float
         Learning rate (required).
     momentum : float, default 0
@@ -244,6 +256,7 @@ class SGD(Optimizer):
     """
 
     _state_key = "momentum_buffer"
+    _accepts_16_bit = True
     _hyperparameter_names = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize")
     lr = Hyperparameter(_checks.check_number)
     weight_decay = Hyperparameter(_checks.check_number)
@@ -317,8 +330,9 @@ class SGD(Optimizer):
         Parameters
         ----------
         grads : ndarray or sequence of ndarray
-            Same structure, shapes and dtypes as ``params``. A grad may be its own param; it may not
-            share memory with the momentum buffers. Every grad is checked before anything is written.
+            Same structure, shapes and dtypes as ``params`` (float32 also for a float16/bfloat16 param).
+            A grad may be its own param; it may not share memory with the momentum buffers. Every grad is
+            checked before anything is written.
         skip_if_nonfinite : bool, default False
             As for :meth:`Adagrad.step`: skip the whole step if any grad holds NaN or infinity.
 

@@ -2,8 +2,9 @@
 
 Each step follows the rules page of the documentation (``docs/rules.rst``, "The rules") line by line,
 in the same operation order, with every scalar cast to the array's dtype before it meets an array, so
-results are bit-identical to the kernels. No validation, no speed: this module exists to be read and to
-hold the kernels honest in the tests.
+results are bit-identical to the kernels. A float16 or bfloat16 param keeps float32 state and is
+stepped in float32, then rounded back once (the rules page, "16-bit params"). No validation, no speed:
+this module exists to be read and to hold the kernels honest in the tests.
 
 Examples
 --------
@@ -30,8 +31,32 @@ def _as_list(arrays):
     return [arrays] if isinstance(arrays, np.ndarray) else list(arrays)
 
 
+def is_16_bit(dtype):
+    """Whether ``dtype`` is a 16-bit float (``np.float16`` or ``ml_dtypes.bfloat16``): the only 2-byte
+    dtypes a param can have, so the itemsize decides (and this module needs NumPy only)."""
+    return np.dtype(dtype).itemsize == 2
+
+
+def state_dtype(dtype):
+    """The dtype of a param's state: float32 for a 16-bit param, else the param's own dtype."""
+    return np.dtype(np.float32) if is_16_bit(dtype) else np.dtype(dtype)
+
+
+def _widened(update, p, grad, *state):
+    """``update(p, grad, *state)`` in float32 for a 16-bit param (the rules page, "16-bit params"):
+    p and grad widened (exactly), the float32 rule, p rounded back once to nearest even; else as it is."""
+    if not is_16_bit(p.dtype):
+        update(p, grad, *state)
+        return
+    wide = p.astype(np.float32)
+    update(wide, grad.astype(np.float32), *state)
+    p[...] = wide.astype(p.dtype)
+
+
 def _summed_rows(indices, rows, assume_unique):
     """The distinct rows named by ``indices`` and their gradients, duplicates summed from zero in order."""
+    if is_16_bit(rows.dtype):                          # summed in float32 (the rules page, "16-bit params")
+        rows = rows.astype(np.float32)
     if assume_unique:
         return indices, rows
     unique, inverse = np.unique(indices, return_inverse=True)
@@ -71,8 +96,8 @@ class Adagrad:
         self.params = _as_list(params)
         self.lr, self.lr_decay, self.weight_decay, self.eps = lr, lr_decay, weight_decay, eps
         self.eps_inside_sqrt, self.maximize, self.rowwise = eps_inside_sqrt, maximize, rowwise
-        self.sums = [np.full(p.shape[:1] if rowwise else p.shape, initial_accumulator_value, dtype=p.dtype)
-                     for p in self.params]
+        self.sums = [np.full(p.shape[:1] if rowwise else p.shape, initial_accumulator_value,
+                             dtype=state_dtype(p.dtype)) for p in self.params]
         self.step_count = 0
 
     def _update(self, p, grad, G, clr):
@@ -94,14 +119,14 @@ class Adagrad:
     def step(self, grads):
         clr = self._next_clr()
         for p, grad, G in zip(self.params, _as_list(grads), self.sums):
-            self._update(p, grad, G, clr)
+            _widened(self._update, p, grad, G, clr)
 
     def step_rows(self, indices, rows, *, param=0, assume_unique=False):
         clr = self._next_clr()
         p, G = self.params[param], self.sums[param]
         named, g = _summed_rows(indices, rows, assume_unique)
         p_rows, G_rows = p[named], G[named]               # copies, updated, then written back
-        self._update(p_rows, g, G_rows, clr)
+        _widened(self._update, p_rows, g, G_rows, clr)
         p[named], G[named] = p_rows, G_rows
 
 
@@ -129,7 +154,8 @@ class SGD:
         self.params = _as_list(params)
         self.lr, self.momentum, self.dampening, self.nesterov = lr, momentum, dampening, nesterov
         self.weight_decay, self.maximize = weight_decay, maximize
-        self.momentum_buffers = [np.zeros_like(p) for p in self.params] if momentum != 0 else None
+        self.momentum_buffers = ([np.zeros(p.shape, dtype=state_dtype(p.dtype)) for p in self.params]
+                                 if momentum != 0 else None)
         self.step_count = 0
 
     def _update(self, p, grad, buf):
@@ -148,7 +174,7 @@ class SGD:
     def step(self, grads):
         self.step_count += 1
         for i, (p, grad) in enumerate(zip(self.params, _as_list(grads))):
-            self._update(p, grad, self.momentum_buffers[i] if self.momentum != 0 else None)
+            _widened(self._update, p, grad, self.momentum_buffers[i] if self.momentum != 0 else None)
 
     def step_rows(self, indices, rows, *, param=0, assume_unique=False):
         """Only the named rows move, their momentum buffers too (the lazy rule, as TensorFlow's)."""
@@ -157,7 +183,7 @@ class SGD:
         named, g = _summed_rows(indices, rows, assume_unique)
         p_rows = p[named]
         buf_rows = self.momentum_buffers[param][named] if self.momentum != 0 else None
-        self._update(p_rows, g, buf_rows)
+        _widened(self._update, p_rows, g, buf_rows)
         p[named] = p_rows
         if buf_rows is not None:
             self.momentum_buffers[param][named] = buf_rows

@@ -23,6 +23,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 
+import ml_dtypes
 import numpy as np
 import pytest
 from conftest import random_array
@@ -185,7 +186,8 @@ def stateful_setup(request, rng) -> Setup:
 BAD_PARAM = [
     pytest.param(lambda a: a.astype(np.int32), TypeError, id="int32"),
     pytest.param(lambda a: a.astype(np.int64), TypeError, id="int64"),
-    pytest.param(lambda a: a.astype(np.float16), TypeError, id="float16"),
+    pytest.param(lambda a: a.astype(np.int16), TypeError, id="int16"),
+    pytest.param(lambda a: a.astype(">f2"), TypeError, id="big-endian-f2"),
     pytest.param(lambda a: a > 0, TypeError, id="bool"),
     pytest.param(lambda a: a.astype(np.complex64), TypeError, id="complex64"),
     pytest.param(lambda a: a.astype(np.complex128), TypeError, id="complex128"),
@@ -228,6 +230,15 @@ def test_bad_single_param_is_refused_naming_params(rng, construct, make_bad, exc
     bad = make_bad(param)
     match = r"^params\[0\]:" if isinstance(bad, list) else r"^params:"    # a list is a list of params
     assert_untouched([param, bad], lambda: construct(bad), exc, match)
+
+
+@pytest.mark.parametrize("construct", [c for c in CONSTRUCTORS if c.id in ("ProximalAdagrad", "AdagradDA")])
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_16_bit_param_is_refused_by_the_proximal_optimizers(rng, construct, dtype):
+    s = make_setup(rng)
+    bad = s.params[1].astype(dtype)
+    s.extra.append(bad)
+    assert_untouched(s.arrays(), lambda: construct(with_item(s.params, 1, bad)), TypeError, r"^params\[1\]:")
 
 
 @pytest.mark.parametrize("construct", CONSTRUCTORS)
