@@ -22,8 +22,11 @@ shopt -s nullglob
 built=("$work"/cadagrad/_kernels_*.so)
 [ ${#built[@]} -gt 0 ] || { echo "the sanitizer build produced no extension"; exit 1; }
 for so in "${built[@]}"; do      # instrumented for real, not silently plain
-  nm -D "$so" | grep -q __asan_report || { echo "not instrumented: $so"; exit 1; }
-  nm -D "$so" | grep -q __ubsan_handle || { echo "not instrumented: $so"; exit 1; }
+  # The symbol table is read whole first: `nm | grep -q` under pipefail fails when grep exits early and
+  # nm, with a large table left to write, dies of SIGPIPE.
+  symbols=$(nm -D "$so")
+  grep -q __asan_report <<<"$symbols" || { echo "not instrumented: $so"; exit 1; }
+  grep -q __ubsan_handle <<<"$symbols" || { echo "not instrumented: $so"; exit 1; }
 done
 PYTHONPATH="$work" LD_PRELOAD="$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
   python -c "import cadagrad; info = cadagrad.build_info(); print(info); assert info['openmp']"
