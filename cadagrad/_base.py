@@ -256,3 +256,31 @@ class Optimizer:
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._hyperparameter_names)
         return f"{type(self).__name__}({len(self._params)} params, {self._engine.size} elements, {shown})"
+
+
+class AccumulatorOptimizer(Optimizer):
+    """An optimizer whose state is the accumulator ``G`` of squared gradients, started at the
+    ``initial_accumulator_value`` hyperparameter (Adagrad, ProximalAdagrad, AdagradDA)."""
+
+    @staticmethod
+    def _needs_state(hyper: dict) -> bool:
+        return True
+
+    @staticmethod
+    def _initial_value(hyper: dict) -> float:
+        return hyper["initial_accumulator_value"]
+
+    @property
+    def sums(self) -> list[np.ndarray]:
+        """The accumulators ``G``, one per param (the optimizer's own arrays, not copies).
+
+        Each has its param's shape, or with Adagrad's ``rowwise=True`` one element per row.
+
+        Notes
+        -----
+        Large accumulators are lazy: rows no step has touched take no memory. With a non-zero
+        ``initial_accumulator_value``, reading this property first writes that value into every row not
+        touched yet, so the whole accumulator takes memory from then on (as much as the param). With 0,
+        it costs nothing.
+        """
+        return [b.materialize() for b in self._buffers]

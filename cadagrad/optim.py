@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from ._base import Hyperparameter, Optimizer
+from ._base import AccumulatorOptimizer, Hyperparameter, Optimizer
 from ._checks import Params
 from ._state import new_state
 
 
-class Adagrad(Optimizer):
+class Adagrad(AccumulatorOptimizer):
     r"""AdaGrad, in place on float32/float64/float16/bfloat16 NumPy arrays, bit-identical to
     ``cadagrad.reference``.
 
@@ -124,29 +124,6 @@ class Adagrad(Optimizer):
                 f"state_dict['hyperparameters']['rowwise']: expected {self._rowwise} (fixed at construction)"
             )
         return checked
-
-    @staticmethod
-    def _needs_state(hyper: dict) -> bool:
-        return True
-
-    @staticmethod
-    def _initial_value(hyper: dict) -> float:
-        return hyper["initial_accumulator_value"]
-
-    @property
-    def sums(self) -> list[np.ndarray]:
-        """The accumulators ``G``, one per param (the optimizer's own arrays, not copies).
-
-        Each has its param's shape, or with ``rowwise=True`` one element per row.
-
-        Notes
-        -----
-        Large accumulators are lazy: rows no step has touched take no memory. With a non-zero
-        ``initial_accumulator_value``, reading this property first writes that value into every row not
-        touched yet, so the whole accumulator takes memory from then on (as much as the param). With 0,
-        it costs nothing.
-        """
-        return [b.materialize() for b in self._buffers]
 
     def step_rows(
         self, indices: np.ndarray, rows: np.ndarray, *, param: int = 0, assume_unique: bool = False

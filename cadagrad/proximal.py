@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from ._base import Hyperparameter, Optimizer
+from ._base import AccumulatorOptimizer, Hyperparameter
 from ._checks import Params
 from ._state import new_state
 
 
-class _Proximal(Optimizer):
+class _Proximal(AccumulatorOptimizer):
     """What ProximalAdagrad and AdagradDA share: their hyperparameters, accumulators and row steps."""
 
     _state_key = "sum"
@@ -49,25 +49,6 @@ class _Proximal(Optimizer):
 
     def _validate_hyperparameters(self, values: dict) -> dict:
         return _checks.proximal_hyperparameters(**values)
-
-    @staticmethod
-    def _needs_state(hyper: dict) -> bool:
-        return True
-
-    @staticmethod
-    def _initial_value(hyper: dict) -> float:
-        return hyper["initial_accumulator_value"]
-
-    @property
-    def sums(self) -> list[np.ndarray]:
-        """The accumulators ``G`` of squared gradients, one per param (the optimizer's own arrays).
-
-        Notes
-        -----
-        Large accumulators are lazy: reading this property first writes ``initial_accumulator_value``
-        into every row no step has touched yet, so the whole accumulator takes memory from then on.
-        """
-        return [b.materialize() for b in self._buffers]
 
     def _engine_rows(self, i: int, indices: np.ndarray, rows: np.ndarray, assume_unique: bool) -> int:
         raise NotImplementedError
