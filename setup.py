@@ -29,6 +29,7 @@ KERNEL_SOURCES = [
     "cadagrad/_kernels.pxi",
     "cadagrad/_platform.pxi",
     "cadagrad/_rules.pxi",
+    "cadagrad/_half.pxi",
     "cadagrad/_parallel.pxi",
     "cadagrad/_rows.pxi",
     "cadagrad/_engine.pxi",

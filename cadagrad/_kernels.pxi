@@ -11,6 +11,8 @@ include "_platform.pxi"
 # The update rules, each formula once: AdaGrad (element-wise and row-wise), SGD, the lr decay, proximal
 # AdaGrad and AdaGrad dual averaging; the ceiling kernels (dense and sparse rows) and the non-finite scan.
 include "_rules.pxi"
+# 16-bit params: the float32 rules above on widened float16/bfloat16 values, rounded back once.
+include "_half.pxi"
 # The segment table, the one parallel walk over it, thread counts and split points.
 include "_parallel.pxi"
 # Sparse rows: grouping duplicate indices (RowGroups), the row walk.

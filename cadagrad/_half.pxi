@@ -1,0 +1,168 @@
+# 16-bit params (the rules page, "16-bit params"): float16 or bfloat16 params with float32 state. Each
+# element is widened to float32 (p, and the grad unless it is float32 already), stepped by the float32
+# formulas above (the same inline helpers, so the same operation order), and rounded back once to
+# nearest even by the integer helpers of _platform.pxi. The params are read and written as 16-bit
+# values in place: no float32 copy of them exists.
+#
+# The two 16-bit formats are two struct types (one 16-bit field each) in a fused type, so each loop is
+# compiled for one format: a runtime format test left in a loop kept the conversions' float operations
+# behind a branch, which GCC does not if-convert (they may trap), and the loop scalar.
+
+cdef struct cg_f16:
+    unsigned short bits
+
+cdef struct cg_bf16:
+    unsigned short bits
+
+ctypedef fused half_param:
+    cg_f16
+    cg_bf16
+
+ctypedef fused half_grad:
+    # A 16-bit param's grad: in the param's format or float32 (a pairing of two different 16-bit
+    # formats is compiled too, and never called).
+    cg_f16
+    cg_bf16
+    float
+
+
+cdef enum:
+    # What a param holds; the engine keeps one per param (bfloat16 has no fixed NumPy type number).
+    KIND_FLOAT32 = 0
+    KIND_FLOAT64 = 1
+    KIND_FLOAT16 = 2
+    KIND_BFLOAT16 = 3
+
+
+cdef inline float _widen(const half_param* p, Py_ssize_t i) noexcept nogil:
+    if half_param is cg_f16:
+        return cg_f16_to_f32(p[i].bits)
+    else:
+        return cg_bf16_to_f32(p[i].bits)
+
+
+cdef inline void _store_rounded(half_param* p, Py_ssize_t i, float x) noexcept nogil:
+    if half_param is cg_f16:
+        p[i].bits = cg_f32_to_f16(x)
+    else:
+        p[i].bits = cg_f32_to_bf16(x)
+
+
+cdef inline float _grad32(const half_grad* grad, Py_ssize_t i) noexcept nogil:
+    if half_grad is float:
+        return grad[i]
+    elif half_grad is cg_f16:
+        return cg_f16_to_f32(grad[i].bits)
+    else:
+        return cg_bf16_to_f32(grad[i].bits)
+
+
+cdef enum:
+    # Elements per block of a dense 16-bit step: the block's params and grads widened into two float32
+    # stack buffers (4 KiB in all, in L1), not a float32 copy of the params in memory.
+    HALF_BLOCK = 512
+
+
+cdef inline void _widen_params(float* out, const half_param* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = _widen(p, i)
+
+
+cdef inline const float* _widened_grads(float* out, const half_grad* grad, Py_ssize_t n) noexcept nogil:
+    # The block's grads as float32: a float32 grad as it is, a 16-bit one widened into out.
+    cdef Py_ssize_t i
+    if half_grad is float:
+        return grad
+    else:
+        for i in range(n):
+            out[i] = _grad32(grad, i)
+        return out
+
+
+cdef inline void _store_params(half_param* p, const float* wide, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        _store_rounded(p, i, wide[i])
+
+
+cdef void _adagrad_span_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t n,
+                           const AdagradArgs* a) noexcept nogil:
+    # Block by block: widen, _adagrad_span itself on float32 (the same loop and bits as for float32
+    # params), round back. Each of the three loops vectorizes on its own; a single fused loop with the
+    # conversions inside did not (GCC left its flag and format tests as branches around the float
+    # operations, which it does not if-convert because they may trap). A grad that is its param is
+    # widened, a block at a time, before that block of p is written.
+    cdef float wide_p[HALF_BLOCK]
+    cdef float wide_g[HALF_BLOCK]
+    cdef Py_ssize_t lo = 0, m
+    while lo < n:
+        m = min(<Py_ssize_t>HALF_BLOCK, n - lo)
+        _widen_params(wide_p, p + lo, m)
+        _adagrad_span(wide_p, _widened_grads(wide_g, grad + lo, m), G + lo, m, a)
+        _store_params(p + lo, wide_p, m)
+        lo += m
+
+
+cdef void _adagrad_rowwise_rows_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t rows,
+                                   Py_ssize_t cols, const AdagradArgs* a) noexcept nogil:
+    # _adagrad_rowwise_rows on widened values: the row's mean of g * g (left to right), then one d.
+    cdef float clr = <float>a.clr
+    cdef float wd = <float>a.weight_decay
+    cdef float eps = <float>a.eps
+    cdef float width = <float>cols
+    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
+    cdef float g, d, total, w
+    cdef Py_ssize_t r, j
+    for r in range(rows):
+        total = 0
+        for j in range(cols):
+            g = _effective_grad(_grad32(grad, j), _widen(p, j), maximize, has_wd, wd)
+            total = total + g * g
+        G[r] = G[r] + total / width
+        d = _adagrad_denominator(G[r], eps, inside)
+        for j in range(cols):
+            w = _widen(p, j)
+            g = _effective_grad(_grad32(grad, j), w, maximize, has_wd, wd)
+            _store_rounded(p, j, _adagrad_new_param(w, g, clr, d))
+        p += cols
+        grad += cols
+
+
+cdef void _sgd_span_16(half_param* p, const half_grad* grad, float* buf, Py_ssize_t n,
+                       const SgdArgs* a) noexcept nogil:
+    # As _adagrad_span_16, with _sgd_span (buf is NULL without momentum).
+    cdef float wide_p[HALF_BLOCK]
+    cdef float wide_g[HALF_BLOCK]
+    cdef Py_ssize_t lo = 0, m
+    while lo < n:
+        m = min(<Py_ssize_t>HALF_BLOCK, n - lo)
+        _widen_params(wide_p, p + lo, m)
+        _sgd_span(wide_p, _widened_grads(wide_g, grad + lo, m), buf + lo if buf != NULL else NULL, m, a)
+        _store_params(p + lo, wide_p, m)
+        lo += m
+
+
+cdef void _ceiling_span_16(half_param* p, const half_grad* grad, float* state, Py_ssize_t n) noexcept nogil:
+    # The ceiling of a 16-bit step: its traffic (read p, grad and the float32 state; write p and the
+    # state) with the widening and rounding a real step pays, and an addition or two per store.
+    cdef Py_ssize_t i
+    cdef float g
+    if state == NULL:
+        for i in range(n):
+            _store_rounded(p, i, _widen(p, i) + _grad32(grad, i))
+    else:
+        for i in range(n):
+            g = _grad32(grad, i)
+            state[i] = state[i] + g * g
+            _store_rounded(p, i, _widen(p, i) + g)
+
+
+cdef bint _has_nonfinite_span_16(const half_param* grad, Py_ssize_t n) noexcept nogil:
+    # As _has_nonfinite_span: all exponent bits set (0x7c00 in float16, 0x7f80 in bfloat16).
+    cdef unsigned short mask = 0x7c00 if half_param is cg_f16 else 0x7f80
+    cdef unsigned short top = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        top = max(top, grad[i].bits & mask)
+    return top == mask
