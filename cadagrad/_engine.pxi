@@ -218,7 +218,12 @@ cdef class StepEngine:
             self.segs[i].typenum = cnp.PyArray_TYPE(p)
             self.segs[i].is_double = self.segs[i].typenum == cnp.NPY_FLOAT64
             self.segs[i].kind = _kind_of(p, kinds[i] if kinds is not None else None)
-            self.segs[i].state_typenum = (cnp.NPY_FLOAT32 if self.segs[i].kind >= KIND_FLOAT16
+            # A 16-bit param's state is float32, or in the param's own format (the caller chose; its
+            # dtype was validated): told apart by the state's item size.
+            self.segs[i].state_16 = (self.segs[i].kind >= KIND_FLOAT16 and self.states is not None
+                                     and cnp.PyArray_ITEMSIZE(<cnp.ndarray?>self.states[i]) == 2)
+            self.segs[i].state_typenum = (self.segs[i].typenum if self.segs[i].state_16
+                                          else cnp.NPY_FLOAT32 if self.segs[i].kind >= KIND_FLOAT16
                                           else self.segs[i].typenum)
             self.segs[i].grad_f32 = False
             self.has_16_bit |= self.segs[i].kind >= KIND_FLOAT16
@@ -234,7 +239,7 @@ cdef class StepEngine:
         for i in range(self.k):
             s = &self.segs[i]
             itemsize = 8 if s.is_double else (2 if s.kind >= KIND_FLOAT16 else 4)
-            state_itemsize = 8 if s.is_double else 4
+            state_itemsize = 8 if s.is_double else (2 if s.state_16 else 4)
             if s.size > 0:
                 found.append((<Py_ssize_t>s.param, <Py_ssize_t>(s.param + s.size * itemsize), i, False))
             if s.state != NULL and s.state_size > 0:
@@ -295,11 +300,24 @@ cdef class StepEngine:
         finally:
             PyThread_release_lock(self.lock)
 
+    cdef unsigned int _rounding_key(self, object seed, bint* stochastic) except? 0:
+        # Stochastic rounding of 16-bit params with the generator's key of (seed, t = steps + 1), or
+        # (seed None) rounding to nearest.
+        stochastic[0] = seed is not None
+        if seed is None:
+            return 0
+        if not self.has_16_bit:
+            raise ValueError("seed: stochastic rounding applies to float16 and bfloat16 params only")
+        if not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed: expected an int from 0 to 2**64 - 1, got {seed!r}")
+        return cg_sr_key(<unsigned long long>seed, <unsigned long long>(self.steps + 1))
+
     cdef int _pack_adagrad(self, AdagradArgs* a, double lr, double lr_decay, double weight_decay,
-                           double eps, bint eps_inside_sqrt, bint maximize) except -1:
+                           double eps, bint eps_inside_sqrt, bint maximize, object seed) except -1:
         # The arguments of an AdaGrad step (dense or rows), checked before anything is read or written.
         if self.states is None:
             raise ValueError("AdaGrad needs accumulators (states)")
+        a.sr_key = self._rounding_key(seed, &a.stochastic)
         a.clr = _adagrad_clr(lr, lr_decay, self.steps)
         a.weight_decay = weight_decay
         a.eps = eps
@@ -309,8 +327,9 @@ cdef class StepEngine:
         return 0
 
     cdef int _pack_sgd(self, SgdArgs* a, double lr, double weight_decay, double momentum, double dampening,
-                       bint nesterov, bint maximize) except -1:
+                       bint nesterov, bint maximize, object seed) except -1:
         # The arguments of an SGD step (dense or rows), checked before anything is read or written.
+        a.sr_key = self._rounding_key(seed, &a.stochastic)
         a.momentum_mode = _momentum_mode(momentum, self.steps)
         if a.momentum_mode != MOMENTUM_NONE and self.states is None:
             raise ValueError("momentum needs momentum buffers")
@@ -352,16 +371,18 @@ cdef class StepEngine:
         return 0
 
     def adagrad(self, grads, double lr, double lr_decay, double weight_decay, double eps,
-                bint eps_inside_sqrt, bint maximize, int num_threads, bint skip_if_nonfinite=False):
+                bint eps_inside_sqrt, bint maximize, int num_threads, bint skip_if_nonfinite=False,
+                seed=None):
         """Take one AdaGrad step with ``t = steps + 1``.
 
         The rule is on the rules page of the docs (docs/rules.rst). Returns False, having written nothing,
-        when ``skip_if_nonfinite`` and a grad holds NaN or inf.
+        when ``skip_if_nonfinite`` and a grad holds NaN or inf. With ``seed`` (an int), 16-bit params are
+        rounded stochastically with the generator's bits of ``(seed, t, element index)``.
         """
         cdef AdagradArgs a
         self._acquire()
         try:
-            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize)
+            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, seed)
             self._load_grads(grads)
             if skip_if_nonfinite and self._any_nonfinite(num_threads):
                 return False
@@ -373,16 +394,16 @@ cdef class StepEngine:
             PyThread_release_lock(self.lock)
 
     def sgd(self, grads, double lr, double weight_decay, double momentum, double dampening,
-            bint nesterov, bint maximize, int num_threads, bint skip_if_nonfinite=False):
+            bint nesterov, bint maximize, int num_threads, bint skip_if_nonfinite=False, seed=None):
         """Take one SGD step; momentum starts as g at ``steps == 0``.
 
         The rule is on the rules page of the docs (docs/rules.rst). Returns False, having written nothing,
-        when ``skip_if_nonfinite`` and a grad holds NaN or inf.
+        when ``skip_if_nonfinite`` and a grad holds NaN or inf. ``seed`` as for ``adagrad``.
         """
         cdef SgdArgs a
         self._acquire()
         try:
-            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize)
+            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize, seed)
             self._load_grads(grads)
             if skip_if_nonfinite and self._any_nonfinite(num_threads):
                 return False
@@ -511,12 +532,13 @@ cdef class StepEngine:
 
     cdef Py_ssize_t _adagrad_rows(self, tuple indices_list, tuple rows_list, tuple params, bint many,
                                   bint assume_unique, double lr, double lr_decay, double weight_decay,
-                                  double eps, bint eps_inside_sqrt, bint maximize, int num_threads) except -2:
+                                  double eps, bint eps_inside_sqrt, bint maximize, int num_threads,
+                                  object seed) except -2:
         cdef AdagradArgs a
         cdef Py_ssize_t bad
         self._acquire()
         try:
-            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize)
+            self._pack_adagrad(&a, lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, seed)
             bad = self._rows_step(KERNEL_ADAGRAD, indices_list, rows_list, params, many, assume_unique, &a,
                                   num_threads)
             if bad == -1:
@@ -527,12 +549,13 @@ cdef class StepEngine:
 
     cdef Py_ssize_t _sgd_rows(self, tuple indices_list, tuple rows_list, tuple params, bint many,
                               bint assume_unique, double lr, double weight_decay, double momentum,
-                              double dampening, bint nesterov, bint maximize, int num_threads) except -2:
+                              double dampening, bint nesterov, bint maximize, int num_threads,
+                              object seed) except -2:
         cdef SgdArgs a
         cdef Py_ssize_t bad
         self._acquire()
         try:
-            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize)
+            self._pack_sgd(&a, lr, weight_decay, momentum, dampening, nesterov, maximize, seed)
             bad = self._rows_step(KERNEL_SGD, indices_list, rows_list, params, many, assume_unique, &a,
                                   num_threads)
             if bad == -1:
@@ -543,18 +566,18 @@ cdef class StepEngine:
 
     def adagrad_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr,
                      double lr_decay, double weight_decay, double eps, bint eps_inside_sqrt,
-                     bint maximize, int num_threads):
+                     bint maximize, int num_threads, seed=None):
         """AdaGrad on the rows ``indices`` of 2-D param ``index`` (validated by the caller).
 
         Duplicate indices are summed first (unless ``assume_unique``). Returns -1 after the step, or the
         position of the first index out of range, in which case nothing was written.
         """
         return self._adagrad_rows((indices,), (rows,), (index,), False, assume_unique, lr, lr_decay,
-                                  weight_decay, eps, eps_inside_sqrt, maximize, num_threads)
+                                  weight_decay, eps, eps_inside_sqrt, maximize, num_threads, seed)
 
     def adagrad_rows_many(self, indices_list, rows_list, params, bint assume_unique, double lr,
                           double lr_decay, double weight_decay, double eps, bint eps_inside_sqrt,
-                          bint maximize, int num_threads):
+                          bint maximize, int num_threads, seed=None):
         """AdaGrad on rows of several 2-D params (tables) at once: one step, one parallel region.
 
         Table ``j`` is ``params[j]`` (an index into this engine's params, each named once), stepped on the
@@ -565,27 +588,27 @@ cdef class StepEngine:
         its first such position): ``position, table = divmod(result, len(params))``.
         """
         return self._adagrad_rows(tuple(indices_list), tuple(rows_list), tuple(params), True, assume_unique,
-                                  lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, num_threads)
+                                  lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, num_threads, seed)
 
     def sgd_rows(self, Py_ssize_t index, indices, rows, bint assume_unique, double lr, double weight_decay,
-                 double momentum, double dampening, bint nesterov, bint maximize, int num_threads):
+                 double momentum, double dampening, bint nesterov, bint maximize, int num_threads, seed=None):
         """SGD on the rows ``indices`` of 2-D param ``index``; momentum buffers of other rows stay put.
 
         Returns -1 after the step, or the position of the first index out of range (nothing written).
         """
         return self._sgd_rows((indices,), (rows,), (index,), False, assume_unique, lr, weight_decay, momentum,
-                              dampening, nesterov, maximize, num_threads)
+                              dampening, nesterov, maximize, num_threads, seed)
 
     def sgd_rows_many(self, indices_list, rows_list, params, bint assume_unique, double lr,
                       double weight_decay, double momentum, double dampening, bint nesterov, bint maximize,
-                      int num_threads):
+                      int num_threads, seed=None):
         """SGD on rows of several 2-D params (tables) at once, as ``adagrad_rows_many``.
 
         Every table takes the momentum rule of step ``t = steps + 1`` (``buf = g`` at the first step);
         ``steps`` advances once. Returns as ``adagrad_rows_many``.
         """
         return self._sgd_rows(tuple(indices_list), tuple(rows_list), tuple(params), True, assume_unique, lr,
-                              weight_decay, momentum, dampening, nesterov, maximize, num_threads)
+                              weight_decay, momentum, dampening, nesterov, maximize, num_threads, seed)
 
     def rows_ceiling(self, indices_list, rows_list, params, bint assume_unique, int num_threads):
         """The ceiling of ``adagrad_rows_many`` (and ``sgd_rows_many``) on the same tables and indices.

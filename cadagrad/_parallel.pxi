@@ -26,6 +26,7 @@ cdef struct Segment:
     int kind               # KIND_FLOAT32, KIND_FLOAT64, KIND_FLOAT16 or KIND_BFLOAT16
     bint is_double
     bint grad_f32          # a 16-bit param's grad of this step is float32 (refreshed at every step)
+    bint state_16          # a 16-bit param's state is in its own format (else float32)
 
 
 cdef enum:
@@ -70,6 +71,16 @@ cdef inline bint _run_segment_16_typed(int kernel, Segment* s, Py_ssize_t lo, Py
             return _has_nonfinite_span(grad + lo, n)
         else:
             return _has_nonfinite_span_16(grad + lo, n)
+    if _uses_modes(kernel, s, args):
+        if s.cols > 0 and kernel == KERNEL_ADAGRAD:
+            row = (lo + s.cols - 1) // s.cols
+            last_row = (lo + n + s.cols - 1) // s.cols
+            if last_row > row:
+                _span_16_modes(kernel, s, param, grad + row * s.cols, row * s.cols, (last_row - row) * s.cols,
+                               args)
+        else:
+            _span_16_modes(kernel, s, param, grad + lo, lo, n, args)
+        return False
     if s.cols > 0:
         row = (lo + s.cols - 1) // s.cols
         last_row = (lo + n + s.cols - 1) // s.cols

@@ -259,6 +259,7 @@ cdef void _apply_rows_16(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssize_
     cdef Py_ssize_t width = t.width
     cdef Py_ssize_t u, o, c, row, ahead
     cdef Py_ssize_t state_width = 1 if s.cols > 0 else width
+    cdef Py_ssize_t state_bytes = 2 if s.state_16 else 4
     cdef bint unique = uniq == NULL
     cdef const half_grad* src
     for u in range(u0, u1):
@@ -267,7 +268,7 @@ cdef void _apply_rows_16(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssize_
             ahead = _read_index(t.indices, t.wide, ahead) if unique else uniq[ahead]
             cg_prefetch(param + ahead * width, width * sizeof(half_param), 1)
             if state != NULL:
-                cg_prefetch(state + ahead * state_width, state_width * sizeof(float), 1)
+                cg_prefetch(<char*>s.state + ahead * state_width * state_bytes, state_width * state_bytes, 1)
         if unique:
             row = _read_index(t.indices, t.wide, u)
             src = rows + u * width
@@ -281,7 +282,9 @@ cdef void _apply_rows_16(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssize_
                 src = rows + order[o] * width
                 for c in range(width):
                     acc[c] = acc[c] + _grad32(src, c)
-        if kernel == KERNEL_ADAGRAD:
+        if _uses_modes(kernel, s, args):
+            _span_16_modes(kernel, s, param, <const float*>acc, row * width, width, args)
+        elif kernel == KERNEL_ADAGRAD:
             if s.cols > 0:
                 _adagrad_rowwise_rows_16(param + row * width, <const float*>acc, state + row, 1, width,
                                          <const AdagradArgs*>args)

@@ -24,6 +24,8 @@ cdef struct AdagradArgs:
     bint has_weight_decay
     bint eps_inside_sqrt
     bint maximize
+    bint stochastic        # 16-bit params only: round p stochastically, with the step's key
+    unsigned int sr_key
 
 
 cdef struct SgdArgs:
@@ -35,6 +37,8 @@ cdef struct SgdArgs:
     bint has_weight_decay
     bint nesterov
     bint maximize
+    bint stochastic        # as in AdagradArgs
+    unsigned int sr_key
 
 
 cdef enum:

@@ -2,8 +2,9 @@
 
 Each step follows the rules page of the documentation (``docs/rules.rst``, "The rules") line by line,
 in the same operation order, with every scalar cast to the array's dtype before it meets an array, so
-results are bit-identical to the kernels. A float16 or bfloat16 param keeps float32 state and is
-stepped in float32, then rounded back once (the rules page, "16-bit params"). No validation, no speed:
+results are bit-identical to the kernels. A float16 or bfloat16 param is stepped in float32, then
+rounded back once, to nearest or stochastically; its state is float32 or, by choice, 16-bit (the rules
+page, "16-bit params"). No validation, no speed:
 this module exists to be read and to hold the kernels honest in the tests.
 
 Examples
@@ -37,20 +38,78 @@ def is_16_bit(dtype):
     return np.dtype(dtype).itemsize == 2
 
 
-def state_dtype(dtype):
-    """The dtype of a param's state: float32 for a 16-bit param, else the param's own dtype."""
-    return np.dtype(np.float32) if is_16_bit(dtype) else np.dtype(dtype)
+def state_dtype(dtype, mode=None):
+    """The dtype of a param's state: the param's own with ``mode="param"`` or for a float32/float64
+    param, else (a 16-bit param, by default) float32."""
+    return np.dtype(np.float32) if is_16_bit(dtype) and mode != "param" else np.dtype(dtype)
 
 
-def _widened(update, p, grad, *state):
-    """``update(p, grad, *state)`` in float32 for a 16-bit param (the rules page, "16-bit params"):
-    p and grad widened (exactly), the float32 rule, p rounded back once to nearest even; else as it is."""
+_state_dtype_of = state_dtype       # for the constructors, whose state_dtype argument hides the function
+
+
+def _mix32(x):
+    """The generator's hash of uint32 array ``x``: two multiply-xorshift rounds, modulo 2**32."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def random_bits(seed, step, index):
+    """The 32 random bits of stochastic rounding for the elements ``index`` (flat indices into their
+    param, any integer array) at step ``step`` with ``seed`` (the rules page, "Stochastic rounding")."""
+
+    def words(value):                                  # low and high 32-bit words, as uint32 arrays
+        value = np.asarray(value, dtype=np.uint64)
+        return (value & np.uint64(0xFFFFFFFF)).astype(np.uint32), (value >> np.uint64(32)).astype(np.uint32)
+
+    seed_low, seed_high = words([seed])
+    step_low, step_high = words([step])
+    key = _mix32(_mix32(_mix32(_mix32(seed_low) ^ seed_high) ^ step_low) ^ step_high)
+    index_low, index_high = words(index)
+    return _mix32(_mix32(key ^ index_high) ^ index_low)
+
+
+def round_stochastically(x, dtype, bits):
+    """float32 ``x`` rounded to the 16-bit ``dtype``: away from zero if ``u < frac``, else toward zero,
+    where ``u = (bits >> 8) / 2**24`` and ``frac`` is the distance of ``|x|`` from the 16-bit value below
+    it over the spacing of 16-bit values there. NaN and infinities as rounding to nearest."""
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        nearest = x.astype(dtype)
+        below = nearest.view(np.uint16) & np.uint16(0x7FFF)          # |x| to nearest, as bits
+        widen = lambda b: b.view(dtype).astype(np.float32)             # noqa: E731
+        below = below - (widen(below) > np.abs(x)).astype(np.uint16)  # |x| toward zero
+        spacing = widen(below | np.uint16(1)) - widen(below & np.uint16(0xFFFE))
+        frac = (np.abs(x) - widen(below)) / spacing
+        u = (bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+        rounded = below + (u < frac).astype(np.uint16)
+    sign = (x.view(np.uint32) >> np.uint32(16)).astype(np.uint16) & np.uint16(0x8000)
+    return np.where(np.isnan(x), nearest.view(np.uint16), rounded | sign).view(dtype)
+
+
+def _widened(update, p, grad, *state, stochastic=None):
+    """``update(p, grad, *state)`` in float32 for a 16-bit param (the rules page, "16-bit params"): p,
+    grad and any 16-bit state widened (exactly), the float32 rule, the state rounded back to nearest and
+    p rounded back once, to nearest or, given ``stochastic`` (the elements' random bits), stochastically.
+    A float32/float64 param is updated as it is."""
     if not is_16_bit(p.dtype):
         update(p, grad, *state)
         return
+    wide_state = [s.astype(np.float32) if isinstance(s, np.ndarray) and is_16_bit(s.dtype) else s
+                  for s in state]
     wide = p.astype(np.float32)
-    update(wide, grad.astype(np.float32), *state)
-    p[...] = wide.astype(p.dtype)
+    update(wide, grad.astype(np.float32), *wide_state)
+    for s, wide_s in zip(state, wide_state):
+        if wide_s is not s:
+            s[...] = wide_s.astype(s.dtype)
+    p[...] = wide.astype(p.dtype) if stochastic is None else round_stochastically(wide, p.dtype, stochastic)
+
+
+def _row_indices(named, width):
+    """The flat element indices of rows ``named`` of a param with ``width`` columns, shape (k, width)."""
+    return np.asarray(named, dtype=np.int64)[:, None] * width + np.arange(width)
 
 
 def _summed_rows(indices, rows, assume_unique):
@@ -87,17 +146,21 @@ class Adagrad:
         Updated in place; nothing is validated.
     lr, lr_decay, weight_decay, initial_accumulator_value, eps, eps_inside_sqrt, maximize, rowwise : optional
         As for :class:`cadagrad.Adagrad`.
+    state_dtype, stochastic_rounding, seed : optional
+        As for :class:`cadagrad.Adagrad`, but ``seed`` must be an int when ``stochastic_rounding``.
     num_threads : optional
         Ignored (the reference is serial).
     """
 
     def __init__(self, params, lr=0.01, *, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, eps_inside_sqrt=False, maximize=False, rowwise=False, num_threads=None):
+                 eps=1e-10, eps_inside_sqrt=False, maximize=False, rowwise=False, state_dtype=None,
+                 stochastic_rounding=False, seed=None, num_threads=None):
         self.params = _as_list(params)
         self.lr, self.lr_decay, self.weight_decay, self.eps = lr, lr_decay, weight_decay, eps
         self.eps_inside_sqrt, self.maximize, self.rowwise = eps_inside_sqrt, maximize, rowwise
+        self.stochastic_rounding, self.seed = stochastic_rounding, seed
         self.sums = [np.full(p.shape[:1] if rowwise else p.shape, initial_accumulator_value,
-                             dtype=state_dtype(p.dtype)) for p in self.params]
+                             dtype=_state_dtype_of(p.dtype, state_dtype)) for p in self.params]
         self.step_count = 0
 
     def _update(self, p, grad, G, clr):
@@ -119,15 +182,22 @@ class Adagrad:
     def step(self, grads):
         clr = self._next_clr()
         for p, grad, G in zip(self.params, _as_list(grads), self.sums):
-            _widened(self._update, p, grad, G, clr)
+            _widened(self._update, p, grad, G, clr, stochastic=_bits(self, np.arange(p.size).reshape(p.shape)))
 
     def step_rows(self, indices, rows, *, param=0, assume_unique=False):
         clr = self._next_clr()
         p, G = self.params[param], self.sums[param]
         named, g = _summed_rows(indices, rows, assume_unique)
         p_rows, G_rows = p[named], G[named]               # copies, updated, then written back
-        _widened(self._update, p_rows, g, G_rows, clr)
+        _widened(self._update, p_rows, g, G_rows, clr, stochastic=_bits(self, _row_indices(named, p.shape[1])))
         p[named], G[named] = p_rows, G_rows
+
+
+def _bits(optimizer, index):
+    """The random bits of the elements ``index`` at the optimizer's current step, or None (to nearest)."""
+    if not optimizer.stochastic_rounding:
+        return None
+    return random_bits(optimizer.seed, optimizer.step_count, index)
 
 
 class SGD:
@@ -145,17 +215,20 @@ class SGD:
         Learning rate.
     momentum, dampening, nesterov, weight_decay, maximize : optional
         As for :class:`cadagrad.SGD`.
+    state_dtype, stochastic_rounding, seed : optional
+        As for :class:`cadagrad.SGD`, but ``seed`` must be an int when ``stochastic_rounding``.
     num_threads : optional
         Ignored (the reference is serial).
     """
 
     def __init__(self, params, lr, *, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0,
-                 maximize=False, num_threads=None):
+                 maximize=False, state_dtype=None, stochastic_rounding=False, seed=None, num_threads=None):
         self.params = _as_list(params)
         self.lr, self.momentum, self.dampening, self.nesterov = lr, momentum, dampening, nesterov
         self.weight_decay, self.maximize = weight_decay, maximize
-        self.momentum_buffers = ([np.zeros(p.shape, dtype=state_dtype(p.dtype)) for p in self.params]
-                                 if momentum != 0 else None)
+        self.stochastic_rounding, self.seed = stochastic_rounding, seed
+        self.momentum_buffers = ([np.zeros(p.shape, dtype=_state_dtype_of(p.dtype, state_dtype))
+                                  for p in self.params] if momentum != 0 else None)
         self.step_count = 0
 
     def _update(self, p, grad, buf):
@@ -174,7 +247,8 @@ class SGD:
     def step(self, grads):
         self.step_count += 1
         for i, (p, grad) in enumerate(zip(self.params, _as_list(grads))):
-            _widened(self._update, p, grad, self.momentum_buffers[i] if self.momentum != 0 else None)
+            _widened(self._update, p, grad, self.momentum_buffers[i] if self.momentum != 0 else None,
+                     stochastic=_bits(self, np.arange(p.size).reshape(p.shape)))
 
     def step_rows(self, indices, rows, *, param=0, assume_unique=False):
         """Only the named rows move, their momentum buffers too (the lazy rule, as TensorFlow's)."""
@@ -183,7 +257,7 @@ class SGD:
         named, g = _summed_rows(indices, rows, assume_unique)
         p_rows = p[named]
         buf_rows = self.momentum_buffers[param][named] if self.momentum != 0 else None
-        _widened(self._update, p_rows, g, buf_rows)
+        _widened(self._update, p_rows, g, buf_rows, stochastic=_bits(self, _row_indices(named, p.shape[1])))
         p[named] = p_rows
         if buf_rows is not None:
             self.momentum_buffers[param][named] = buf_rows
