@@ -42,8 +42,12 @@ class Optimizer:
     # Rules that keep a second state per param (AdaGrad dual averaging's gradient sums) name its key.
     _second_state_key: str | None = None
     _hyperparameter_names: tuple[str, ...]
-    # Whether float16/bfloat16 params are stepped (with float32 state; the rules page, "16-bit params").
+    # Whether float16/bfloat16 params are stepped (the rules page, "16-bit params"); such an optimizer has
+    # the hyperparameters state_dtype, stochastic_rounding and seed, which a state dict may lack (it was
+    # saved before they existed): these defaults stand in.
     _accepts_16_bit = False
+    _optional_hyperparameters: dict[str, Any] = {}
+    _state_dtype: str | None = None
 
     num_threads = Hyperparameter(lambda value, name: _checks.check_num_threads(value, name) or None)
 
@@ -90,6 +94,13 @@ class Optimizer:
 
     def _row_widths(self) -> list[int] | None:
         return None
+
+    def _state_dtypes(self) -> list[np.dtype]:
+        return [_checks.state_dtype(p.dtype, self._state_dtype) for p in self._params]
+
+    def _rounding_seed(self) -> int | None:
+        # The engine's seed argument: the seed with stochastic rounding, else None (to nearest).
+        return self._seed if self._stochastic_rounding else None
 
     def _build_engine(self, steps: int) -> None:
         self._engine = StepEngine(
@@ -161,28 +172,39 @@ class Optimizer:
         return (self._state_key, *second)
 
     def _restored(
-        self, saved: object, key: str, step: int, value: float, anchors: list[np.ndarray]
+        self, saved: object, key: str, step: int, value: float, anchors: list[np.ndarray], convert: bool
     ) -> list[State]:
         # The state buffers holding the arrays ``saved`` (state_dict[key]), validated against the
         # current states (or the params); ``anchors`` place each new buffer in memory (see cadagrad._state).
+        # With ``convert``, a float32 or 16-bit array is first cast to its state's dtype (the rules page,
+        # "16-bit state": widened exactly, or rounded to nearest even).
         name = f"state_dict[{key!r}]"
+        dtypes = self._state_dtypes()
         if saved is None and step == 0:
-            saved = [np.zeros(p.shape, dtype=_checks.state_dtype(p.dtype)) for p in self._params]
+            saved = [np.zeros(p.shape, dtype=dtype) for p, dtype in zip(self._params, dtypes)]
         elif not isinstance(saved, (list, tuple)) or len(saved) != len(self._params):
             raise ValueError(f"{name}: expected a list of {_checks.count(len(self._params), 'array')}")
         shapes = self._states if self._states is not None else self._params
-        for i, (array, like) in enumerate(zip(saved, shapes)):
-            _checks.check_like(array, like, f"{name}[{i}]", f"the state of params[{i}]", writable=False)
+        if convert:
+            saved = [_checks.converted_state(array, dtype) for array, dtype in zip(saved, dtypes)]
+        for i, (array, like, dtype) in enumerate(zip(saved, shapes, dtypes)):
+            _checks.check_state_array(array, like.shape, dtype, f"{name}[{i}]", f"the state of params[{i}]",
+                                      self._state_dtype)
         return [
-            State.from_array(anchor, like.shape, value, array)
-            for anchor, like, array in zip(anchors, shapes, saved)
+            State.from_array(anchor, like.shape, value, array, dtype)
+            for anchor, like, array, dtype in zip(anchors, shapes, saved, dtypes)
         ]
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], *, convert_state: bool = False) -> None:
         """Restore a state dict made by ``state_dict()`` of an optimizer over params of the same shapes.
 
         Everything is validated (keys, step, hyperparameters, every array's shape and dtype) before
         anything changes; on error the optimizer is left as it was.
+
+        The state of a float16/bfloat16 param must be in this optimizer's ``state_dtype`` (float32, or
+        the param's dtype with ``state_dtype="param"``). A state dict saved in the other mode is refused
+        unless ``convert_state=True``, which converts it: a 16-bit state is widened to float32 exactly, a
+        float32 state is rounded to the param's dtype to nearest even (a lossy step, chosen explicitly).
 
         Memory: new state buffers, written only where a row of the saved array is neither all zero nor
         the initial value (a table trained by row steps costs its touched rows), or in full when more
@@ -192,24 +214,33 @@ class Optimizer:
         ----------
         state_dict : dict
             A dict as returned by :meth:`state_dict`, of an optimizer of the same class.
+        convert_state : bool, default False
+            Convert 16-bit params' state saved in the other ``state_dtype`` mode, as above.
 
         Raises
         ------
         ValueError, TypeError
             If anything in ``state_dict`` does not fit these params; nothing is changed.
         """
+        convert = _checks.check_flag(convert_state, "convert_state")
         _checks.check_state_dict(
             state_dict,
             optimizer=type(self).__name__,
             state_key=self._state_keys(),
             hyperparameter_names=self._hyperparameter_names,
+            optional_names=tuple(self._optional_hyperparameters),
         )
-        hyper = self._validate_hyperparameters(state_dict["hyperparameters"])
+        saved_hyper = {**self._optional_hyperparameters, **state_dict["hyperparameters"]}
+        precision = {name: saved_hyper.pop(name) for name in self._optional_hyperparameters}
+        hyper = self._validate_hyperparameters(saved_hyper)
+        if precision:
+            hyper.update(self._validate_precision(precision, convert))
         step = int(state_dict["step"])
         saved = state_dict[self._state_key]
         key = f"state_dict[{self._state_key!r}]"
         if self._needs_state(hyper):
-            buffers = self._restored(saved, self._state_key, step, self._initial_value(hyper), self._params)
+            buffers = self._restored(saved, self._state_key, step, self._initial_value(hyper), self._params,
+                                     convert)
         elif saved is not None:
             raise ValueError(f"{key}: expected None (these hyperparameters keep no state)")
         else:
@@ -217,7 +248,7 @@ class Optimizer:
         buffers2 = None
         if self._second_state_key is not None:       # placed after the first states (cadagrad._state)
             key2 = self._second_state_key
-            buffers2 = self._restored(state_dict[key2], key2, step, 0.0, [b.array for b in buffers])
+            buffers2 = self._restored(state_dict[key2], key2, step, 0.0, [b.array for b in buffers], convert)
         states = None if buffers is None else [b.array for b in buffers]
         states2 = None if buffers2 is None else [b.array for b in buffers2]
         engine = StepEngine(
@@ -227,6 +258,24 @@ class Optimizer:
         self._set_hyperparameters(hyper)          # nothing could fail from here on
         self._set_states(buffers, buffers2)
         self._engine = engine
+
+    def _validate_precision(self, values: dict, convert: bool) -> dict:
+        # A state dict's state_dtype, stochastic_rounding and seed. The state dtype is fixed at
+        # construction: another one is refused unless the state is converted.
+        name = "state_dict['hyperparameters']"
+        try:
+            checked = _checks.precision_options(
+                values["state_dtype"], values["stochastic_rounding"], values["seed"], self._params
+            )
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        if checked["state_dtype"] != self._state_dtype and not convert:
+            raise ValueError(
+                f"{name}['state_dtype']: expected {self._state_dtype!r} (fixed at construction), got "
+                f"{checked['state_dtype']!r}; load_state_dict(..., convert_state=True) converts the saved "
+                "state"
+            )
+        return {**checked, "state_dtype": self._state_dtype}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the optimizer's state to ``path`` (``.npz``), atomically; see :mod:`cadagrad.checkpoint`.
@@ -241,7 +290,7 @@ class Optimizer:
         """
         checkpoint.save_state_dict(self.state_dict(), self._state_keys(), path)
 
-    def load(self, path: str | os.PathLike) -> None:
+    def load(self, path: str | os.PathLike, *, convert_state: bool = False) -> None:
         """Restore a checkpoint written by :meth:`save`, validated as :meth:`load_state_dict` does.
 
         A truncated or corrupted file raises ValueError naming the path; the optimizer is unchanged.
@@ -250,8 +299,11 @@ class Optimizer:
         ----------
         path : str or os.PathLike
             A file written by :meth:`save`.
+        convert_state : bool, default False
+            As for :meth:`load_state_dict`.
         """
-        self.load_state_dict(checkpoint.load_state_dict(path, self._state_keys()))
+        saved = checkpoint.load_state_dict(path, self._state_keys())
+        self.load_state_dict(saved, convert_state=convert_state)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._hyperparameter_names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 import numbers
+import secrets
 from collections.abc import Sequence
 from typing import Union
 
@@ -35,9 +36,50 @@ def param_kind(dtype: np.dtype) -> int:
     return _KINDS[dtype]
 
 
-def state_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype of a param's optimizer state: float32 for a 16-bit param, else the param's own."""
-    return np.dtype(np.float32) if is_16_bit(dtype) else dtype
+def state_dtype(dtype: np.dtype, mode: str | None = None) -> np.dtype:
+    """The dtype of a param's optimizer state: the param's own with ``mode="param"`` or for a
+    float32/float64 param, else (a 16-bit param, by default) float32."""
+    return np.dtype(np.float32) if is_16_bit(dtype) and mode != "param" else dtype
+
+
+STATE_DTYPES = (None, "param")
+
+
+def check_state_dtype(value: object) -> str | None:
+    """``state_dtype``: None (float32 state for 16-bit params) or ``"param"`` (the param's own dtype)."""
+    if not (value is None or (isinstance(value, str) and value in STATE_DTYPES)):
+        raise ValueError(f"state_dtype: expected None or 'param', got {value!r}")
+    return value
+
+
+# The precision options of the optimizers that step 16-bit params, and their defaults (which also stand
+# in for them in a state dict saved before they existed).
+PRECISION_DEFAULTS = {"state_dtype": None, "stochastic_rounding": False, "seed": None}
+
+
+def precision_options(
+    state_dtype: object, stochastic_rounding: object, seed: object, params: list[np.ndarray]
+) -> dict:
+    """Validate ``state_dtype``, ``stochastic_rounding`` and ``seed`` (see :func:`check_rounding`)."""
+    rounding = check_rounding(stochastic_rounding, seed, params)
+    return {"state_dtype": check_state_dtype(state_dtype), **rounding}
+
+
+def check_rounding(stochastic_rounding: object, seed: object, params: list[np.ndarray]) -> dict:
+    """``stochastic_rounding`` (a flag, for float16/bfloat16 params only) and ``seed`` (None or an int from
+    0 to 2**64 - 1); a stochastic optimizer without a seed draws one here, so its state dict records it."""
+    stochastic = check_flag(stochastic_rounding, "stochastic_rounding")
+    if seed is not None and (
+        isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64
+    ):
+        raise ValueError(f"seed: expected None or an int from 0 to 2**64 - 1, got {seed!r}")
+    if stochastic and not any(is_16_bit(p.dtype) for p in params):
+        raise ValueError(
+            "stochastic_rounding: applies to float16 and bfloat16 params only, and none of the params is one"
+        )
+    if stochastic and seed is None:
+        seed = secrets.randbits(64)
+    return {"stochastic_rounding": stochastic, "seed": None if seed is None else int(seed)}
 
 # What the optimizers and the functional steps accept as params, grads and state: one array or a sequence.
 Params = Union[np.ndarray, Sequence[np.ndarray]]
@@ -233,7 +275,7 @@ def explain_changed(
         if param.dtype != dtype:
             raise TypeError(f"params[{i}]: its dtype changed from {dtype} to {param.dtype} after set-up")
         if states is not None:
-            check_float_array(states[i], f"state[{i}]", writable=True)
+            check_float_array(states[i], f"state[{i}]", writable=True, half=True)
 
 
 def check_number(value: object, name: str, *, minimum: float | None = 0.0) -> float:
@@ -366,11 +408,17 @@ def check_second_states(
 
 
 def check_state_dict(
-    state_dict: object, *, optimizer: str, state_key: str | Sequence[str], hyperparameter_names: Sequence[str]
+    state_dict: object,
+    *,
+    optimizer: str,
+    state_key: str | Sequence[str],
+    hyperparameter_names: Sequence[str],
+    optional_names: Sequence[str] = (),
 ) -> dict:
     """Check the envelope of a state dict (everything but the arrays, which the optimizer checks).
 
     ``state_key`` names the per-param arrays' key, or keys for an optimizer with two states per param.
+    Of ``hyperparameter_names``, those in ``optional_names`` may be missing.
     """
     if not isinstance(state_dict, dict):
         raise TypeError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
@@ -386,13 +434,40 @@ def check_state_dict(
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral) or not 0 <= step <= MAX_STEP:
         raise ValueError(f"state_dict['step']: expected an int from 0 to 2**62, got {step!r}")
     hyper = state_dict["hyperparameters"]
-    if not isinstance(hyper, dict) or set(hyper) != set(hyperparameter_names):
+    if not isinstance(hyper, dict) or not (
+        set(hyperparameter_names) - set(optional_names) <= set(hyper) <= set(hyperparameter_names)
+    ):
         got = sorted(hyper) if isinstance(hyper, dict) else type(hyper).__name__
         raise ValueError(f"state_dict['hyperparameters']: expected the keys {sorted(hyperparameter_names)}, got {got}")
     return state_dict
 
 
 STATE_DICT_VERSION = 1
+
+
+def converted_state(array: object, dtype: np.dtype) -> object:
+    """A saved state array cast to ``dtype`` for ``load_state_dict(..., convert_state=True)``: float32 and
+    16-bit arrays only (widened exactly, or rounded to nearest even); anything else is left to the checks."""
+    if isinstance(array, np.ndarray) and array.dtype != dtype and (
+        array.dtype == np.float32 or is_16_bit(array.dtype)
+    ) and (dtype == np.float32 or is_16_bit(dtype)):
+        return array.astype(dtype)
+    return array
+
+
+def check_state_array(
+    array: object, shape: tuple[int, ...], dtype: np.dtype, name: str, owner: str, mode: str | None
+) -> None:
+    """A saved state array: a float array of ``shape`` and ``dtype`` (the state dtype of ``owner``)."""
+    array = check_float_array(array, name, writable=False, half=True)
+    if array.dtype != dtype:
+        hint = ""
+        if is_16_bit(array.dtype) or (array.dtype == np.float32 and is_16_bit(dtype)):
+            hint = (f" (state_dtype={mode!r}); load_state_dict(..., convert_state=True) converts a state "
+                    "saved with the other state_dtype")
+        raise TypeError(f"{name}: expected dtype {dtype} (as {owner}), got {array.dtype}{hint}")
+    if array.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape} (as {owner}), got {array.shape}")
 
 
 def check_rowwise_params(params: list[np.ndarray], single: bool) -> None:

@@ -160,8 +160,10 @@ class State:
     value: float
     pending: bool
 
-    def __init__(self, param: np.ndarray, shape: tuple[int, ...], value: float) -> None:
-        dtype = state_dtype(param.dtype)
+    def __init__(
+        self, param: np.ndarray, shape: tuple[int, ...], value: float, dtype: np.dtype | None = None
+    ) -> None:
+        dtype = state_dtype(param.dtype) if dtype is None else np.dtype(dtype)
         self.value = float(value)
         self._ready: np.ndarray | None = None       # rows filled with value (2-D use only), or None
         self._seen: np.ndarray | None = None        # scratch for ready_rows, grown, never shrunk
@@ -178,14 +180,21 @@ class State:
         self.pending = True
 
     @classmethod
-    def from_array(cls, param: np.ndarray, shape: tuple[int, ...], value: float, array: np.ndarray) -> State:
+    def from_array(
+        cls,
+        param: np.ndarray,
+        shape: tuple[int, ...],
+        value: float,
+        array: np.ndarray,
+        dtype: np.dtype | None = None,
+    ) -> State:
         """A state whose content is ``array`` (validated by the caller: same shape, castable dtype).
 
         Costs one read of ``array``; memory only for rows that are neither all-zero bits nor bitwise
         ``value`` (those stay zero pages or unfilled), unless more than half the rows need copying,
         in which case the whole buffer is written at once over huge pages (a dense-trained state).
         """
-        state = cls(param, shape, value)
+        state = cls(param, shape, value, dtype)
         if state._mapping is None:
             np.copyto(state.array, array)
             return state
@@ -277,9 +286,11 @@ class State:
             return out
 
 
-def new_state(param: np.ndarray, shape: tuple[int, ...], value: float) -> State:
-    """The state buffer of ``param``: ``shape`` in its state dtype (the param's, float32 for a 16-bit
-    param), ``value`` everywhere (lazily if large).
+def new_state(
+    param: np.ndarray, shape: tuple[int, ...], value: float, dtype: np.dtype | None = None
+) -> State:
+    """The state buffer of ``param``: ``shape`` in ``dtype`` (by default its state dtype: the param's,
+    float32 for a 16-bit param), ``value`` everywhere (lazily if large).
 
     Parameters
     ----------
@@ -288,7 +299,9 @@ def new_state(param: np.ndarray, shape: tuple[int, ...], value: float) -> State:
     shape : tuple of int
         ``param.shape``, or ``param.shape[:1]`` for row-wise state.
     value : float
-        The initial value.
+        The initial value (rounded to nearest in a 16-bit ``dtype``).
+    dtype : numpy.dtype, optional
+        The state's dtype.
     """
-    return State(param, shape, value)
+    return State(param, shape, value, dtype)
 

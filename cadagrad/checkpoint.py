@@ -12,6 +12,9 @@ Layout (format version 1), one NumPy array per key, no pickles:
 ``state_0000`` ...  the per-param state (AdaGrad's ``sum``, SGD's ``momentum_buffer``), in param order
 ``<key>_count``     only for an optimizer with a second state per param (``AdagradDA``: ``grad_sum``):
 ``<key>_0000`` ...  its count and arrays, as ``state_count`` and ``state_0000`` for the first
+``bfloat16``        optional: a JSON list of the array keys that hold bfloat16 state (16-bit state
+                    of bfloat16 params), stored as their raw 16-bit patterns (uint16), since the
+                    ``.npy`` format has no bfloat16
 ==================  ===========================================================================
 
 The params themselves are not in the checkpoint: they are the caller's arrays (save them beside it).
@@ -28,8 +31,10 @@ import tempfile
 import zipfile
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 FORMAT = "cadagrad-checkpoint"
 VERSION = 1
 
@@ -67,6 +72,11 @@ def save_state_dict(
         arrays[f"{key}_count"] = np.array(-1 if more is None else len(more), dtype=np.int64)
         for i, array in enumerate(more or []):
             arrays[f"{key}_{i:04d}"] = array
+    raw = sorted(name for name, array in arrays.items() if array.dtype == _BFLOAT16)
+    for name in raw:
+        arrays[name] = arrays[name].view(np.uint16)
+    if raw:
+        arrays["bfloat16"] = np.array(json.dumps(raw))
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".cadagrad-", suffix=".npz.tmp", dir=directory)
     try:
@@ -119,12 +129,17 @@ def load_state_dict(path: str | os.PathLike, state_key: str | tuple[str, ...]) -
             version = int(data["version"])
             if version != VERSION:
                 raise ValueError(f"{path}: checkpoint format version {version}, expected {VERSION}")
+            raw = set(json.loads(str(data["bfloat16"]))) if "bfloat16" in files else set()
+
+            def read(name: str) -> np.ndarray:
+                return data[name].view(_BFLOAT16) if name in raw else data[name]
+
             count = int(data["state_count"])
-            states = None if count < 0 else [data[f"state_{i:04d}"] for i in range(count)]
+            states = None if count < 0 else [read(f"state_{i:04d}") for i in range(count)]
             more = {}
             for key in keys[1:]:
                 n = int(data[f"{key}_count"])
-                more[key] = None if n < 0 else [data[f"{key}_{i:04d}"] for i in range(n)]
+                more[key] = None if n < 0 else [read(f"{key}_{i:04d}") for i in range(n)]
             return {
                 "optimizer": str(data["optimizer"]),
                 "version": 1,

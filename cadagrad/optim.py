@@ -46,13 +46,25 @@ class Adagrad(AccumulatorOptimizer):
         Row-wise AdaGrad (FBGEMM's rule) for 2-D params: one accumulator per row,
         ``G_row = G_row + mean(g_row * g_row)`` (summed left to right), ``sqrt(G_row)`` for the whole row;
         state memory falls by the row width.
+    state_dtype : {None, "param"}, default None
+        The dtype of the state of float16/bfloat16 params: float32 (None), or the param's own dtype
+        (``"param"``, as ``torch.optim`` keeps it), which halves the state's memory at a cost in
+        accuracy (the rules page, "16-bit state"). float32/float64 params keep state in their dtype.
+    stochastic_rounding : bool, default False
+        Round float16/bfloat16 params stochastically rather than to nearest, so that updates smaller
+        than half a unit in the last place move them in expectation (the rules page, "Stochastic
+        rounding"). Refused if no param is 16-bit.
+    seed : int or None, default None
+        The seed (0 to 2**64 - 1) of stochastic rounding's generator, whose bits depend on the seed,
+        the step and the element only; None draws one (recorded in :meth:`state_dict`).
     num_threads : int or None, default None
         Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
 
     Notes
     -----
-    A float16 or bfloat16 param keeps a float32 accumulator; each step widens ``p`` and ``grad`` to
-    float32, applies the rule above in float32 and rounds ``p`` back once, to nearest even (the rules
+    A float16 or bfloat16 param keeps a float32 accumulator by default; each step widens ``p``,
+    ``grad`` (and a 16-bit accumulator) to float32, applies the rule above in float32 and rounds ``p``
+    back once, to nearest even or stochastically, and a 16-bit accumulator to nearest even (the rules
     page, "16-bit params"). Its grads (and gradient rows) may be in its dtype or float32.
 
     ``lr``, ``lr_decay``, ``weight_decay``, ``eps`` and ``num_threads`` may be changed between steps
@@ -72,9 +84,10 @@ class Adagrad(AccumulatorOptimizer):
 
     _state_key = "sum"
     _accepts_16_bit = True
+    _optional_hyperparameters = _checks.PRECISION_DEFAULTS
     _hyperparameter_names = (
         "lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "eps_inside_sqrt", "maximize",
-        "rowwise",
+        "rowwise", *_checks.PRECISION_DEFAULTS,
     )
     lr = Hyperparameter(_checks.check_number)
     lr_decay = Hyperparameter(_checks.check_number)
@@ -84,6 +97,9 @@ class Adagrad(AccumulatorOptimizer):
     eps_inside_sqrt = Hyperparameter()
     maximize = Hyperparameter()
     rowwise = Hyperparameter()
+    state_dtype = Hyperparameter()
+    stochastic_rounding = Hyperparameter()
+    seed = Hyperparameter()
 
     def __init__(
         self,
@@ -97,6 +113,9 @@ class Adagrad(AccumulatorOptimizer):
         eps_inside_sqrt: bool = False,
         maximize: bool = False,
         rowwise: bool = False,
+        state_dtype: str | None = None,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
         num_threads: int | None = None,
     ) -> None:
         hyper = _checks.adagrad_hyperparameters(
@@ -105,12 +124,13 @@ class Adagrad(AccumulatorOptimizer):
             eps_inside_sqrt=eps_inside_sqrt, maximize=maximize, rowwise=rowwise,
         )
         self._set_params(params, num_threads)
+        hyper.update(_checks.precision_options(state_dtype, stochastic_rounding, seed, self._params))
         if hyper["rowwise"]:
             _checks.check_rowwise_params(self._params, self._single)
         self._set_hyperparameters(hyper)
         self._set_states([
-            new_state(p, p.shape[:1] if self._rowwise else p.shape, hyper["initial_accumulator_value"])
-            for p in self._params
+            new_state(p, p.shape[:1] if self._rowwise else p.shape, hyper["initial_accumulator_value"], dtype)
+            for p, dtype in zip(self._params, self._state_dtypes())
         ])
         self._build_engine(0)
 
@@ -157,7 +177,7 @@ class Adagrad(AccumulatorOptimizer):
         self._ready_rows(i, indices)
         bad = self._engine.adagrad_rows(
             i, indices, rows, assume_unique, self._lr, self._lr_decay, self._weight_decay, self._eps,
-            self._eps_inside_sqrt, self._maximize, self._num_threads or 0,
+            self._eps_inside_sqrt, self._maximize, self._num_threads or 0, self._rounding_seed(),
         )
         self._raise_if_out_of_range(bad, indices, i)
 
@@ -187,6 +207,7 @@ class Adagrad(AccumulatorOptimizer):
         return self._engine.adagrad(
             grads, self._lr, self._lr_decay, self._weight_decay, self._eps,
             self._eps_inside_sqrt, self._maximize, self._num_threads or 0, skip_if_nonfinite,
+            self._rounding_seed(),
         )
 
 
@@ -223,24 +244,41 @@ class SGD(Optimizer):
         Coupled L2 penalty added to the gradient.
     maximize : bool, default False
         Ascend instead of descend.
+    state_dtype : {None, "param"}, default None
+        The dtype of the state of float16/bfloat16 params: float32 (None), or the param's own dtype
+        (``"param"``, as ``torch.optim`` keeps it), which halves the state's memory at a cost in
+        accuracy (the rules page, "16-bit state"). float32/float64 params keep state in their dtype.
+    stochastic_rounding : bool, default False
+        Round float16/bfloat16 params stochastically rather than to nearest, so that updates smaller
+        than half a unit in the last place move them in expectation (the rules page, "Stochastic
+        rounding"). Refused if no param is 16-bit.
+    seed : int or None, default None
+        The seed (0 to 2**64 - 1) of stochastic rounding's generator, whose bits depend on the seed,
+        the step and the element only; None draws one (recorded in :meth:`state_dict`).
     num_threads : int or None, default None
         Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
 
     Notes
     -----
-    ``lr``, ``weight_decay`` and ``num_threads`` may be changed between steps; the momentum options are
-    fixed at construction.
+    ``lr``, ``weight_decay`` and ``num_threads`` may be changed between steps; the momentum and
+    precision options are fixed at construction.
     """
 
     _state_key = "momentum_buffer"
     _accepts_16_bit = True
-    _hyperparameter_names = ("lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize")
+    _optional_hyperparameters = _checks.PRECISION_DEFAULTS
+    _hyperparameter_names = (
+        "lr", "momentum", "dampening", "nesterov", "weight_decay", "maximize", *_checks.PRECISION_DEFAULTS,
+    )
     lr = Hyperparameter(_checks.check_number)
     weight_decay = Hyperparameter(_checks.check_number)
     momentum = Hyperparameter()
     dampening = Hyperparameter()
     nesterov = Hyperparameter()
     maximize = Hyperparameter()
+    state_dtype = Hyperparameter()
+    stochastic_rounding = Hyperparameter()
+    seed = Hyperparameter()
 
     def __init__(
         self,
@@ -252,6 +290,9 @@ class SGD(Optimizer):
         nesterov: bool = False,
         weight_decay: float = 0.0,
         maximize: bool = False,
+        state_dtype: str | None = None,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
         num_threads: int | None = None,
     ) -> None:
         hyper = _checks.sgd_hyperparameters(
@@ -259,9 +300,12 @@ class SGD(Optimizer):
             weight_decay=weight_decay, maximize=maximize,
         )
         self._set_params(params, num_threads)
+        hyper.update(_checks.precision_options(state_dtype, stochastic_rounding, seed, self._params))
         self._set_hyperparameters(hyper)
         if self._needs_state(hyper):
-            self._set_states([new_state(p, p.shape, 0.0) for p in self._params])
+            self._set_states(
+                [new_state(p, p.shape, 0.0, dtype) for p, dtype in zip(self._params, self._state_dtypes())]
+            )
         self._build_engine(0)
 
     def _validate_hyperparameters(self, values: dict) -> dict:
@@ -297,7 +341,7 @@ class SGD(Optimizer):
         self._ready_rows(i, indices)
         bad = self._engine.sgd_rows(
             i, indices, rows, assume_unique, self._lr, self._weight_decay, self._momentum,
-            self._dampening, self._nesterov, self._maximize, self._num_threads or 0,
+            self._dampening, self._nesterov, self._maximize, self._num_threads or 0, self._rounding_seed(),
         )
         self._raise_if_out_of_range(bad, indices, i)
 
@@ -324,5 +368,5 @@ class SGD(Optimizer):
             return False
         return self._engine.sgd(
             grads, self._lr, self._weight_decay, self._momentum, self._dampening,
-            self._nesterov, self._maximize, self._num_threads or 0, skip_if_nonfinite,
+            self._nesterov, self._maximize, self._num_threads or 0, skip_if_nonfinite, self._rounding_seed(),
         )

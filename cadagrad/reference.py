@@ -182,14 +182,16 @@ class Adagrad:
     def step(self, grads):
         clr = self._next_clr()
         for p, grad, G in zip(self.params, _as_list(grads), self.sums):
-            _widened(self._update, p, grad, G, clr, stochastic=_bits(self, np.arange(p.size).reshape(p.shape)))
+            bits = _bits(self, np.arange(p.size).reshape(p.shape))
+            _widened(self._update, p, grad, G, clr, stochastic=bits)
 
     def step_rows(self, indices, rows, *, param=0, assume_unique=False):
         clr = self._next_clr()
         p, G = self.params[param], self.sums[param]
         named, g = _summed_rows(indices, rows, assume_unique)
         p_rows, G_rows = p[named], G[named]               # copies, updated, then written back
-        _widened(self._update, p_rows, g, G_rows, clr, stochastic=_bits(self, _row_indices(named, p.shape[1])))
+        bits = _bits(self, _row_indices(named, p.shape[1]))
+        _widened(self._update, p_rows, g, G_rows, clr, stochastic=bits)
         p[named], G[named] = p_rows, G_rows
 
 
