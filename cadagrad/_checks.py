@@ -65,6 +65,17 @@ def precision_options(
     return {"state_dtype": check_state_dtype(state_dtype), **rounding}
 
 
+def check_step_rounding(stochastic_rounding: object, seed: object, params: list[np.ndarray]) -> int | None:
+    """The engine's seed argument for a functional step: None (to nearest), or the seed, which a
+    stochastic step requires (a drawn seed could not be told to the caller)."""
+    checked = check_rounding(stochastic_rounding, seed if seed is not None else 0, params)
+    if not checked["stochastic_rounding"]:
+        return None
+    if seed is None:
+        raise ValueError("seed: expected an int from 0 to 2**64 - 1 with stochastic_rounding=True, got None")
+    return checked["seed"]
+
+
 def check_rounding(stochastic_rounding: object, seed: object, params: list[np.ndarray]) -> dict:
     """``stochastic_rounding`` (a flag, for float16/bfloat16 params only) and ``seed`` (None or an int from
     0 to 2**64 - 1); a stochastic optimizer without a seed draws one here, so its state dict records it."""
@@ -207,7 +218,17 @@ def check_states(states: object, params: list[np.ndarray], single: bool, name: s
         label = lambda i: f"{name}[{i}]"  # noqa: E731
     param_label = "params" if single else "params[{}]"
     for i, (state, param) in enumerate(zip(arrays, params)):
-        check_like(state, param, label(i), param_label.format(i), writable=True)
+        if is_16_bit(param.dtype) and isinstance(state, np.ndarray) and state.dtype != param.dtype:
+            # a 16-bit param's state: float32, or its own dtype (the rules page, "16-bit state")
+            if state.dtype != np.float32:
+                raise TypeError(f"{label(i)}: expected dtype float32 or {param.dtype} (as "
+                                f"{param_label.format(i)}), got {state.dtype}")
+            check_float_array(state, label(i), writable=True)
+            if state.shape != param.shape:
+                raise ValueError(f"{label(i)}: expected shape {param.shape} (as {param_label.format(i)}), "
+                                 f"got {state.shape}")
+        else:
+            check_like(state, param, label(i), param_label.format(i), writable=True)
     every = [(_byte_range(a), f"params[{i}]" if not single else "params") for i, a in enumerate(params)]
     every += [(_byte_range(a), label(i)) for i, a in enumerate(arrays)]
     clash = _first_overlap(every)

@@ -23,10 +23,12 @@ def _engine(
     steps: int,
     states2: Params | None = None,
     states2_name: str = "",
+    half: bool = False,
 ) -> StepEngine:
     # states=None only where the rule keeps none (SGD without momentum); AdaGrad always passes its sums.
-    # states2: the second state of AdaGrad dual averaging (its gradient sums), else None.
-    arrays, single = _checks.check_params(params)
+    # states2: the second state of AdaGrad dual averaging (its gradient sums), else None. half: whether
+    # float16/bfloat16 params are accepted (AdaGrad and SGD).
+    arrays, single = _checks.check_params(params, half=half)
     state_arrays = None if states is None else _checks.check_states(states, arrays, single, states_name)
     second = None
     if states2 is not None:
@@ -38,7 +40,8 @@ def _engine(
             _checks.check_grads(grads, arrays, single, second)
 
     explain(grads)
-    return StepEngine(arrays, state_arrays, single, explain, steps, None, second)
+    kinds = [_checks.param_kind(p.dtype) for p in arrays]
+    return StepEngine(arrays, state_arrays, single, explain, steps, None, second, kinds)
 
 
 def adagrad_step(
@@ -55,6 +58,8 @@ def adagrad_step(
     maximize: bool = False,
     num_threads: int | None = None,
     skip_if_nonfinite: bool = False,
+    stochastic_rounding: bool = False,
+    seed: int | None = None,
 ) -> bool:
     """Apply AdaGrad step ``step`` to ``params`` and their accumulators ``sums``, in place.
 
@@ -63,13 +68,20 @@ def adagrad_step(
     Parameters
     ----------
     params, grads, sums : ndarray or sequence of ndarray
-        Same structure, shapes and float dtype; params and sums are written.
+        Same structure, shapes and float dtype; params and sums are written. A float16/bfloat16 param
+        takes a grad in its dtype or float32, and sums in float32 or in its own dtype (the rules page,
+        "16-bit state").
     step : int
         The 1-based index of this step (``t``, used by ``lr_decay``).
     lr, lr_decay, weight_decay, eps, eps_inside_sqrt, maximize, num_threads
         As for :class:`cadagrad.Adagrad`.
     skip_if_nonfinite : bool, default False
         Write nothing if any grad holds NaN or infinity.
+    stochastic_rounding : bool, default False
+        Round float16/bfloat16 params stochastically (the rules page, "Stochastic rounding").
+    seed : int, optional
+        The generator's seed, required with ``stochastic_rounding``; the bits depend on it, ``step`` and
+        the element only.
 
     Returns
     -------
@@ -84,9 +96,11 @@ def adagrad_step(
     threads = _checks.check_num_threads(num_threads)
     if sums is None:
         raise TypeError("sums: expected the accumulators (an ndarray or a list of them, like params), got None")
-    return _engine(params, grads, sums, "sums", t - 1).adagrad(
+    skip = _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite")
+    rounding = _checks.check_step_rounding(stochastic_rounding, seed, _checks.check_params(params, half=True)[0])
+    return _engine(params, grads, sums, "sums", t - 1, half=True).adagrad(
         grads, hyper["lr"], hyper["lr_decay"], hyper["weight_decay"], hyper["eps"],
-        hyper["eps_inside_sqrt"], hyper["maximize"], threads, _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite"),
+        hyper["eps_inside_sqrt"], hyper["maximize"], threads, skip, rounding,
     )
 
 
@@ -104,6 +118,8 @@ def sgd_step(
     maximize: bool = False,
     num_threads: int | None = None,
     skip_if_nonfinite: bool = False,
+    stochastic_rounding: bool = False,
+    seed: int | None = None,
 ) -> bool:
     """Apply SGD step ``step`` to ``params`` (and ``momentum_buffers``), in place.
 
@@ -113,7 +129,8 @@ def sgd_step(
     Parameters
     ----------
     params, grads : ndarray or sequence of ndarray
-        Same structure, shapes and float dtype; params are written.
+        Same structure, shapes and float dtype; params are written (16-bit params as for
+        :func:`adagrad_step`).
     momentum_buffers : ndarray or sequence of ndarray, optional
         Required when ``momentum != 0``; written.
     step : int
@@ -122,6 +139,8 @@ def sgd_step(
         As for :class:`cadagrad.SGD`.
     skip_if_nonfinite : bool, default False
         Write nothing if any grad holds NaN or infinity.
+    stochastic_rounding, seed : optional
+        As for :func:`adagrad_step`.
 
     Returns
     -------
@@ -137,9 +156,11 @@ def sgd_step(
     if hyper["momentum"] != 0.0 and momentum_buffers is None:
         raise ValueError("momentum_buffers: required when momentum != 0")
     buffers = momentum_buffers if hyper["momentum"] != 0.0 else None
-    return _engine(params, grads, buffers, "momentum_buffers", t - 1).sgd(
+    skip = _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite")
+    rounding = _checks.check_step_rounding(stochastic_rounding, seed, _checks.check_params(params, half=True)[0])
+    return _engine(params, grads, buffers, "momentum_buffers", t - 1, half=True).sgd(
         grads, hyper["lr"], hyper["weight_decay"], hyper["momentum"], hyper["dampening"],
-        hyper["nesterov"], hyper["maximize"], threads, _checks.check_flag(skip_if_nonfinite, "skip_if_nonfinite"),
+        hyper["nesterov"], hyper["maximize"], threads, skip, rounding,
     )
 
 

@@ -457,3 +457,73 @@ def test_a_state_dict_of_the_other_state_dtype_is_refused_and_nothing_changes(mo
     assert_bitwise_equal(p, before[0], "params")
     assert_bitwise_equal(opt.sums[0], before[1], "sums")
     assert opt.lr == 0.1 and opt.step_count == 1
+
+
+@given(dtype=half_dtypes, mode=modes, stochastic=st.booleans(), seed=seeds, steps=st.integers(1, 4))
+def test_functional_steps_take_16_bit_params_in_every_mode(dtype, mode, stochastic, seed, steps):
+    rng = np.random.default_rng(seed)
+    params = [edgy_array(rng, (3000, 4), dtype), random_array(rng, (7,), np.float32)]
+    precision = {"stochastic_rounding": stochastic, "seed": seed if stochastic else None}
+    ada = reference.Adagrad(
+        [p.copy() for p in params], lr=0.1, weight_decay=0.01, state_dtype=mode, **precision
+    )
+    sgd = reference.SGD([p.copy() for p in params], lr=0.1, momentum=0.9, state_dtype=mode, **precision)
+    mine_ada, mine_sgd = [p.copy() for p in params], [p.copy() for p in params]
+    sums, bufs = [s.copy() for s in ada.sums], [b.copy() for b in sgd.momentum_buffers]
+    for t in range(1, steps + 1):
+        grads = _grads(rng, params, t % 2 == 0)
+        with np.errstate(all="ignore"):
+            cadagrad.adagrad_step(mine_ada, grads, sums, step=t, lr=0.1, weight_decay=0.01, **precision)
+            cadagrad.sgd_step(mine_sgd, grads, bufs, step=t, lr=0.1, momentum=0.9, **precision)
+            ada.step(grads)
+            sgd.step(grads)
+    for i in range(2):
+        assert_bitwise_equal(mine_ada[i], ada.params[i], f"adagrad params[{i}]")
+        assert_bitwise_equal(sums[i], ada.sums[i], f"sums[{i}]")
+        assert_bitwise_equal(mine_sgd[i], sgd.params[i], f"sgd params[{i}]")
+        assert_bitwise_equal(bufs[i], sgd.momentum_buffers[i], f"momentum_buffers[{i}]")
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (
+            lambda p, g, s: cadagrad.adagrad_step(p, g, s, step=1, stochastic_rounding=True),
+            ValueError,
+            r"seed: expected an int from 0 to 2\*\*64 - 1 with stochastic_rounding=True, got None",
+        ),
+        (
+            lambda p, g, s: cadagrad.adagrad_step(p, g, s.astype(np.float64), step=1),
+            TypeError,
+            r"sums: expected dtype float32 or bfloat16 \(as params\), got float64",
+        ),
+        (
+            lambda p, g, s: cadagrad.sgd_step(
+                p.astype(np.float32),
+                g.astype(np.float32),
+                None,
+                step=1,
+                lr=0.1,
+                stochastic_rounding=True,
+                seed=1,
+            ),
+            ValueError,
+            r"stochastic_rounding: applies to float16 and bfloat16 params only",
+        ),
+        (
+            lambda p, g, s: cadagrad.adagrad_step(p, g.astype(np.float16), s, step=1),
+            TypeError,
+            r"grads: expected dtype bfloat16 \(as params\) or float32, got float16",
+        ),
+    ],
+)
+def test_bad_functional_16_bit_input_is_named_and_nothing_is_written(call, error, match):
+    rng = np.random.default_rng(1)
+    p = edgy_array(rng, (50, 3), HALF[1])
+    g = edgy_array(rng, (50, 3), HALF[1])
+    s = np.zeros(p.shape, np.float32)
+    before = p.copy()
+    with pytest.raises(error, match=match):
+        call(p, g, s)
+    assert_bitwise_equal(p, before, "params")
+    assert not s.any()
