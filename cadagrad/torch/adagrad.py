@@ -120,6 +120,7 @@ class Adagrad(EngineOptimizer):
     """
 
     _state_key = "sum"
+    _accepts_16_bit = True
     _extra_defaults: dict[str, Any] = {
         **EngineOptimizer._extra_defaults, "eps_inside_sqrt": False, "rowwise": False,
     }
@@ -200,7 +201,7 @@ class Adagrad(EngineOptimizer):
                     flag: object) -> Plan:
         labels = self._labels(index, group, with_grad)
         for p, label in zip(with_grad, labels):
-            check_tensor(p, label)
+            check_tensor(p, label, half=True)
         self._check_group(index, group)
         rowwise = bool(flag)
         init = _checks.check_number(group["initial_accumulator_value"], "initial_accumulator_value")

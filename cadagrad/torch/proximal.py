@@ -117,7 +117,7 @@ class _Proximal(EngineOptimizer):
                     flag: object) -> Plan:
         labels = self._labels(index, group, with_grad)
         for p, label in zip(with_grad, labels):
-            check_tensor(p, label)
+            check_tensor(p, label, half=False)
         init = self._initial_value(index, group)
         key2 = self._second_state_key
         plan = Plan(group, with_grad, kinds, flag)

@@ -17,6 +17,7 @@ from ._engine import (
     Tables,
     check_tensor,
     increment_version,
+    numpy_view,
     scalar,
 )
 
@@ -130,6 +131,7 @@ class SGD(EngineOptimizer):
     """
 
     _state_key = "momentum_buffer"
+    _accepts_16_bit = True
     _extra_defaults: dict[str, Any] = {**EngineOptimizer._extra_defaults, "lazy_momentum": False}
 
     def __init__(
@@ -199,7 +201,7 @@ class SGD(EngineOptimizer):
                     flag: object) -> Plan:
         labels = self._labels(index, group, with_grad)
         for p, label in zip(with_grad, labels):
-            check_tensor(p, label)
+            check_tensor(p, label, half=True)
         plan = Plan(group, with_grad, kinds, flag)
         dense, sparse = plan.split()
         if not flag:
@@ -216,7 +218,7 @@ class SGD(EngineOptimizer):
             found = state.get("momentum_buffer")
             if found is None:
                 # Written by the first step (buf = g) and put in ``state`` only once that step is taken.
-                buffers.append(new_state(p.detach().numpy(), tuple(p.shape), 0.0))
+                buffers.append(new_state(numpy_view(p.detach()), tuple(p.shape), 0.0))
             else:
                 tensor, buffer = self._state_buffer(p, found, label, 0.0)
                 state["momentum_buffer"] = tensor
