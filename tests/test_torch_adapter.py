@@ -418,7 +418,8 @@ def test_non_cpu_param_is_refused():
 
 
 def test_non_float_param_is_refused():
-    expected = r"expected dtype torch.float32, torch.float64, torch.float16 or torch.bfloat16, got torch.int32"
+    expected = (r"expected dtype torch.float32, torch.float64, torch.float16 or torch.bfloat16, "
+                r"got torch.int32$")
     with pytest.raises(TypeError, match=expected):
         ct.SGD([torch.zeros(3, dtype=torch.int32)], lr=0.1)
 

@@ -434,7 +434,7 @@ class Plan:
         self.flag = flag                       # what the state layout depends on (rowwise, momentum)
         # The dense grads' 16-bit params: their positions and dtypes (a grad of another dtype, float32
         # say, would be stepped by the kernels: refused first), and whether any is bfloat16, whose grad
-        # needs ``numpy_view``; None where there is none (the float32/float64 path stays as it was).
+        # needs ``numpy_view``; None and False where there is none (the float32/float64 path is as it was).
         dense = [p.dtype for p, sparse in zip(params, kinds) if not sparse]
         self.half = [(d, dtype) for d, dtype in enumerate(dense) if dtype in HALF_DTYPES] or None
         self.views = torch.bfloat16 in dense
@@ -771,9 +771,11 @@ class EngineOptimizer(Optimizer):
         Raises
         ------
         ValueError, TypeError
-            For a param that is not a CPU, dense, contiguous float32/float64 tensor, a grad that is neither
-            such a tensor nor a sparse COO tensor with one sparse dim of the param's shape and dtype, an
-            index out of range, or a bad hyperparameter; raised before anything is written.
+            For a param that is not a CPU, dense, contiguous float32/float64 tensor (Adagrad and SGD: or
+            float16/bfloat16), a grad that is neither such a tensor of the param's dtype nor a sparse COO
+            tensor with one sparse dim of the param's shape and dtype, an index out of range, a state
+            tensor that cannot be converted (see ``load_state_dict``), or a bad hyperparameter; raised
+            before anything is written.
         """
         loss = None
         if closure is not None:

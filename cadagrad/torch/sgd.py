@@ -67,7 +67,7 @@ class _TouchedRows:
 
 
 class SGD(EngineOptimizer):
-    r"""SGD with momentum for CPU float32/float64 tensors, stepped in place by cadagrad's kernels.
+    r"""SGD with momentum for CPU float32/float64/float16/bfloat16 tensors, stepped in place by cadagrad.
 
     A drop-in for :class:`torch.optim.SGD` (same arguments, param groups, ``state[p]["momentum_buffer"]``,
     ``state_dict`` layout). For every element, in this order and in the tensor's dtype::
@@ -79,6 +79,15 @@ class SGD(EngineOptimizer):
             buf = momentum * buf + (1 - dampening) * g later
             g   = g + momentum * buf  if nesterov  else  buf
         p = p - lr * g
+
+    **16-bit params** (``torch.float16``, ``torch.bfloat16``, dense or sparse grads, in any group beside
+    float32 ones) keep a **float32** ``state[p]["momentum_buffer"]``: each step widens the param and its
+    grad to float32, runs the rule above in float32 and rounds the param back once, to nearest even (the
+    rules page, "16-bit params"); with sparse grads the named rows' grads are widened and summed in
+    float32. This differs from torch.optim.SGD, whose buffer has the param's dtype: the buffer takes
+    twice the param's memory, and ``load_state_dict`` keeps it float32, widening a torch.optim
+    checkpoint's float16/bfloat16 buffer exactly and refusing any other dtype (naming the entry). A grad
+    must have its param's dtype.
 
     **Sparse grads** (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: COO tensors with one
     sparse dim, uncoalesced, duplicates, any nnz) go to the row kernel as ``grad._indices()[0]`` and
@@ -105,7 +114,7 @@ class SGD(EngineOptimizer):
     Parameters
     ----------
     params : iterable of Tensor, of dict, or of (name, Tensor)
-        CPU, dense, contiguous float32/float64 tensors, or param groups, as for
+        CPU, dense, contiguous float32, float64, float16 or bfloat16 tensors, or param groups, as for
         :class:`torch.optim.Optimizer`.
     lr : float or 1-element Tensor, default 0.001
         Learning rate; read from ``param_groups`` at every step.
