@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 import cadagrad.torch as ct  # noqa: E402
-from cadagrad import reference  # noqa: E402
+from cadagrad import _state, reference  # noqa: E402
 
 nn = torch.nn
 
@@ -558,3 +558,19 @@ def test_a_grad_with_its_negative_bit_set_is_never_read_as_its_bits(dtype, rng):
     opt.step()
     ref.step()
     assert snapshot(opt) == snapshot(ref)
+
+
+def test_a_large_16_bit_table_gets_lazy_float32_state_with_the_references_bits(rng):
+    """4 MiB of float32 state (2 MiB of bfloat16 param): lazy, the initial value written into the rows a
+    step names, every other row by ``state_dict()``."""
+    table = random_tensor(rng, (1 << 16, 16), torch.bfloat16).requires_grad_()
+    opt = ct.Adagrad([table], lr=0.1, initial_accumulator_value=0.25)
+    assert opt._owned[table][1].pending and opt.state[table]["sum"].nbytes >= _state.LAZY_BYTES
+    ref = reference.Adagrad(as_numpy(table), lr=0.1, initial_accumulator_value=0.25)
+    for _ in range(2):
+        indices, values = random_rows(rng, 40, table.shape, torch.bfloat16)
+        table.grad = sparse_rows(indices, values, table.shape)
+        ref.step_rows(indices.copy(), as_numpy(values))
+        opt.step()
+    same_bits(table, ref.params[0], "table")
+    same_bits(opt.state_dict()["state"][0]["sum"], ref.sums[0], "sum")
