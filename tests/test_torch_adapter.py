@@ -418,8 +418,10 @@ def test_non_cpu_param_is_refused():
 
 
 def test_non_float_param_is_refused():
-    with pytest.raises(TypeError, match=r"expected dtype torch.float32 or torch.float64, got torch.float16"):
-        ct.SGD([torch.zeros(3, dtype=torch.float16, requires_grad=True)], lr=0.1)
+    expected = (r"expected dtype torch.float32, torch.float64, torch.float16 or torch.bfloat16, "
+                r"got torch.int32$")
+    with pytest.raises(TypeError, match=expected):
+        ct.SGD([torch.zeros(3, dtype=torch.int32)], lr=0.1)
 
 
 def test_non_contiguous_param_is_refused():

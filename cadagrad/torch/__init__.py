@@ -48,8 +48,9 @@ rows; ``rowwise`` AdaGrad needs 2-D params.
 
 Requirements and differences from PyTorch
 -----------------------------------------
-- Params: CPU, dense (strided), C-contiguous float32 or float64 tensors; grads: the same, or sparse COO
-  with one sparse dim, the param's shape and dtype and indices in range. Others (sparse CSR/CSC grads,
+- Params: CPU, dense (strided), C-contiguous float32 or float64 tensors, and for Adagrad and SGD float16
+  or bfloat16 ones too (float32 state: see below); grads: the same, or sparse COO with one sparse dim,
+  the param's shape and dtype and indices in range. Others (sparse CSR/CSC grads,
   several sparse dims, a wrong shape or dtype, an index out of range) raise a ValueError or TypeError
   naming the tensor (``param_groups[0]['params'][3].grad``) before anything is written.
 - State tensors are cadagrad's own contiguous buffers (``torch.from_numpy`` views); tensors put in
@@ -61,6 +62,11 @@ Requirements and differences from PyTorch
   from ``state`` or ``state_dict()`` after stepping rather than keeping references.
 - ``foreach`` and ``fused`` are accepted and stored (for checkpoints) but change nothing: cadagrad's
   step is always one fused, multi-tensor kernel. ``differentiable=True`` is refused.
+- A float16/bfloat16 param's state (``"sum"``, ``"momentum_buffer"``) is float32, not the param's dtype
+  as in torch.optim; each step runs in float32 and rounds the param once (the rules page, "16-bit
+  params"). ``load_state_dict`` keeps such state float32 and widens a torch.optim checkpoint's 16-bit
+  state to it exactly (other dtypes are refused, naming the entry), where torch.optim casts loaded state
+  to the param's dtype.
 - ``initial_accumulator_value`` of a param group applies to that group's params (PyTorch uses the
   constructor's value for every group).
 - ``cadagrad.torch.ProximalAdagrad`` and ``cadagrad.torch.AdagradDA`` have no torch.optim counterpart

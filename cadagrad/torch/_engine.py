@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
+import ml_dtypes
 import numpy as np
 import torch
 from torch.optim import Optimizer
@@ -17,6 +18,41 @@ from .._state import State, new_state
 ParamsT = Union[Iterable[torch.Tensor], Iterable[dict[str, Any]], Iterable[tuple[str, torch.Tensor]]]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+# The 16-bit params that Adagrad and SGD step with float32 state (the rules page, "16-bit params").
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def numpy_view(t: torch.Tensor) -> np.ndarray:
+    """``t``'s memory as an ndarray, no copy; a bfloat16 tensor (NumPy has none) through int16, as
+    ``ml_dtypes.bfloat16``. Raises RuntimeError or TypeError where ``t.numpy()`` would."""
+    if t.dtype is torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_BFLOAT16)
+    return t.numpy()
+
+
+def state_dtype(p: torch.Tensor) -> torch.dtype:
+    """The dtype of a param's optimizer state: float32 for a float16/bfloat16 param, else the param's.
+
+    The one place the adapters decide it (``cadagrad._checks.state_dtype`` decides it for the buffers
+    themselves; a check at every engine build holds the two together)."""
+    return torch.float32 if p.dtype in HALF_DTYPES else p.dtype
+
+
+def converted_state(found: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tensor:
+    """A state tensor found in ``state`` (loaded, or put there from outside) in the dtype of ``p``'s
+    state, by the documented rule: for a float16/bfloat16 param, float32 is taken as it is and float16 or
+    bfloat16 (torch.optim's state for such a param) is widened to float32, which is exact; any other
+    dtype is refused (narrowing would round). For a float32/float64 param: cast to the param's dtype, as
+    ``copy_`` (and torch.optim's ``load_state_dict``) would."""
+    if p.dtype in HALF_DTYPES:
+        if found.dtype not in (torch.float32, *HALF_DTYPES):
+            raise TypeError(
+                f"{name}: expected torch.float32 (or the param's {p.dtype}, widened exactly) for the state "
+                f"of a {p.dtype} param, got {found.dtype}; converting it would round"
+            )
+        return found.detach().to(dtype=torch.float32)
+    return found.detach().to(dtype=p.dtype)
 
 
 def scalar(value: object) -> object:
@@ -47,8 +83,9 @@ def step_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-def check_tensor(t: object, name: str) -> torch.Tensor:
-    """Raise unless ``t`` is a CPU, dense, C-contiguous float32/float64 tensor."""
+def check_tensor(t: object, name: str, *, half: bool = True) -> torch.Tensor:
+    """Raise unless ``t`` is a CPU, dense, C-contiguous float32/float64 tensor (or, with ``half``,
+    float16/bfloat16)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
@@ -58,8 +95,14 @@ def check_tensor(t: object, name: str) -> torch.Tensor:
         )
     if t.layout != torch.strided:
         raise ValueError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype torch.float32 or torch.float64, got {t.dtype}")
+    if t.dtype not in _FLOAT_DTYPES and not (half and t.dtype in HALF_DTYPES):
+        if half:
+            expected = "torch.float32, torch.float64, torch.float16 or torch.bfloat16"
+        else:
+            expected = "torch.float32 or torch.float64"
+            if t.dtype in HALF_DTYPES:
+                expected += " (this optimizer steps no 16-bit params; cadagrad.torch.Adagrad and SGD do)"
+        raise TypeError(f"{name}: expected dtype {expected}, got {t.dtype}")
     if not t.is_contiguous():
         raise ValueError(
             f"{name}: expected a contiguous tensor, got shape {tuple(t.shape)} with strides {t.stride()}"
@@ -68,13 +111,13 @@ def check_tensor(t: object, name: str) -> torch.Tensor:
 
 
 def as_array(t: torch.Tensor, name: str, *, writable: bool) -> np.ndarray:
-    """The NumPy view of a checked tensor (no copy)."""
+    """The NumPy view of a checked tensor (no copy; bfloat16 as ``ml_dtypes.bfloat16``)."""
     check_tensor(t, name)
     try:
-        array = t.detach().numpy()
+        array = numpy_view(t.detach())
     except (RuntimeError, TypeError) as exc:   # e.g. a tensor with its negative bit set
         raise ValueError(f"{name}: cannot be viewed as a NumPy array ({exc})") from None
-    return _checks.check_float_array(array, name, writable=writable)
+    return _checks.check_float_array(array, name, writable=writable, half=True)
 
 
 def state_shape(shape: tuple[int, ...], rowwise: bool) -> tuple[int, ...]:
@@ -104,6 +147,18 @@ def check_disjoint(tensors: list[torch.Tensor], labels: list[str]) -> None:
             )
 
 
+def check_grad_dtype(grad: torch.Tensor, param: torch.Tensor, label: str) -> None:
+    """A grad (dense, or a sparse grad's values) must have its param's dtype (the kernels would take a
+    float32 grad for a 16-bit param; the adapters do not, as torch.optim)."""
+    if grad.dtype != param.dtype:
+        raise TypeError(f"{label}.grad: expected dtype {param.dtype} (as the param), got {grad.dtype}")
+
+
+def kinds_of(arrays: list[np.ndarray]) -> list[int]:
+    """The step engine's kind code of each param array (bfloat16 must be named to it)."""
+    return [_checks.param_kind(a.dtype) for a in arrays]
+
+
 class _Explainer:
     """Says why a step's grad arrays do not fit a cohort (the engine calls it; it owns no engine)."""
 
@@ -127,6 +182,7 @@ class _Explainer:
             grad = tensor.grad
             if grad is not None:
                 check_tensor(grad, f"{label}.grad")
+                check_grad_dtype(grad, tensor, label)
             if isinstance(grads, list) and i < len(grads):
                 _checks.check_like(grads[i], array, f"{label}.grad", label, writable=False)
         _checks.check_grads(grads, self.arrays, False, self.states)
@@ -161,7 +217,8 @@ class Cohort:
         self.pending = any(b.pending for b in (buffers or []) + (buffers2 or []))
         self.explain = _Explainer(tensors, labels, self.arrays, states, states2)
         widths = [a.shape[1] for a in self.arrays] if rowwise else None
-        self.engine = StepEngine(self.arrays, states, False, self.explain, steps, widths, states2)
+        self.engine = StepEngine(self.arrays, states, False, self.explain, steps, widths, states2,
+                                 kinds_of(self.arrays))
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the params' "step" tensors
         self.first = first                     # SGD: momentum buffers not in ``state`` until stepped
 
@@ -183,9 +240,10 @@ def _check_states(arrays: list[np.ndarray], states: list[np.ndarray], labels: li
         name = f"state of {label}"
         _checks.check_float_array(state, name, writable=True)
         expected = state_shape(array.shape, rowwise)
-        if state.dtype != array.dtype or state.shape != expected:
+        dtype = _checks.state_dtype(array.dtype)
+        if state.dtype != dtype or state.shape != expected:
             raise ValueError(
-                f"{name}: expected {array.dtype} of shape {expected}, got {state.dtype} {state.shape}"
+                f"{name}: expected {dtype} of shape {expected}, got {state.dtype} {state.shape}"
             )
 
 
@@ -231,7 +289,8 @@ class Tables:
         for spans, state in zip(self.spans, states2 or []):
             spans.append((data_address(state), data_address(state) + state.nbytes))
         widths = [a.shape[1] for a in self.arrays] if rowwise else None
-        self.engine = StepEngine(self.arrays, states, False, self._explain, 0, widths, states2)
+        self.engine = StepEngine(self.arrays, states, False, self._explain, 0, widths, states2,
+                                 kinds_of(self.arrays))
         self.everything = list(range(len(tensors)))   # a batch of every table
         # The tables whose lazy state may still fill rows (a table stops, never starts, filling).
         self.filling = {j for j, b in enumerate(buffers or []) if b.fills}
@@ -284,14 +343,19 @@ class Tables:
                 f"nn.Embedding(sparse=True) gives), got {grad.sparse_dim()} sparse dims"
             )
         array = self.arrays[j]
+        dtype = self.dtypes[j]
+        if grad.dtype is not dtype:          # before a bfloat16 view could reinterpret other bits
+            raise TypeError(
+                f"{label}.grad: expected values of dtype {dtype} (as the param), got {grad.dtype}"
+            )
         try:
             indices = grad._indices().numpy()[0]
-            values = grad._values().numpy()
+            values = grad._values().numpy() if dtype is not torch.bfloat16 else numpy_view(grad._values())
         except (RuntimeError, TypeError):
             indices, values = self._slow_rows(j, grad)
         if values.dtype != array.dtype:
             raise TypeError(
-                f"{label}.grad: expected values of dtype {self.dtypes[j]} (as the param), got {grad.dtype}"
+                f"{label}.grad: expected values of dtype {dtype} (as the param), got {grad.dtype}"
             )
         if indices.dtype != np.int64:
             raise TypeError(f"{label}.grad: expected int64 indices, got {indices.dtype}")
@@ -325,7 +389,7 @@ class Tables:
             raise TypeError(
                 f"{label}.grad: expected values of dtype {self.dtypes[j]} (as the param), got {values.dtype}"
             )
-        return grad._indices().detach().numpy()[0], values.resolve_neg().numpy()
+        return grad._indices().detach().numpy()[0], numpy_view(values.resolve_neg())
 
     def check_range(self, j: int, indices: np.ndarray) -> None:
         """Raise unless every index of table ``j`` is in ``[0, V)`` (for tables whose kernel call runs
@@ -354,7 +418,7 @@ class Plan:
     """The engines of one param group, valid while its params, grads and state stay the same."""
 
     __slots__ = ("group", "params", "kinds", "ptrs", "dicts", "entries", "steps", "cohorts", "tables", "flag",
-                 "entries2")
+                 "entries2", "views", "half")
 
     def __init__(self, group: dict, params: list[torch.Tensor], kinds: list[bool], flag: object) -> None:
         self.group = group
@@ -368,6 +432,12 @@ class Plan:
         self.cohorts: list[Cohort] = []        # the params with a dense grad
         self.tables: Tables | None = None      # the params with a sparse grad
         self.flag = flag                       # what the state layout depends on (rowwise, momentum)
+        # The dense grads' 16-bit params: their positions and dtypes (a grad of another dtype, float32
+        # say, would be stepped by the kernels: refused first), and whether any is bfloat16, whose grad
+        # needs ``numpy_view``; None and False where there is none (the float32/float64 path is as it was).
+        dense = [p.dtype for p, sparse in zip(params, kinds) if not sparse]
+        self.half = [(d, dtype) for d, dtype in enumerate(dense) if dtype in HALF_DTYPES] or None
+        self.views = torch.bfloat16 in dense
 
     def split(self) -> tuple[list[int], list[int]]:
         """Positions (into ``params``) of the params with a dense grad and of those with a sparse one."""
@@ -381,6 +451,8 @@ class EngineOptimizer(Optimizer):
     _state_key: str
     # Rules that keep a second state per param (AdaGrad dual averaging's gradient sums) name its key.
     _second_state_key: str | None = None
+    # Whether float16/bfloat16 params are stepped (with float32 state; the rules page, "16-bit params").
+    _accepts_16_bit = False
     _extra_defaults: dict[str, Any] = {
         "foreach": None, "maximize": False, "differentiable": False, "fused": None,
     }
@@ -410,7 +482,8 @@ class EngineOptimizer(Optimizer):
         Raises
         ------
         ValueError, TypeError
-            If a param is not a CPU, dense, contiguous float32/float64 tensor; the group is not added.
+            If a param is not a CPU, dense, contiguous float32/float64 tensor (Adagrad and SGD: or
+            float16/bfloat16); the group is not added.
         """
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -419,7 +492,7 @@ class EngineOptimizer(Optimizer):
             if group.get("differentiable"):
                 raise ValueError(f"param_groups[{index}]['differentiable']: True is not supported")
             for j, p in enumerate(group["params"]):
-                check_tensor(p, f"param_groups[{index}]['params'][{j}]")
+                check_tensor(p, f"param_groups[{index}]['params'][{j}]", half=self._accepts_16_bit)
             self._check_group(index, group)
         except (ValueError, TypeError):
             self.param_groups.pop()
@@ -462,8 +535,9 @@ class EngineOptimizer(Optimizer):
         """A cadagrad-owned state buffer for ``p`` (zero-copy tensor view) holding ``value`` (lazily for
         a large one: see ``cadagrad._state``); with ``rowwise``, one value per row; with ``second``, the
         buffer of the second key, placed after the first one in memory."""
-        anchor = self._owned[p][1].array if second else p.detach().numpy()
-        return self._own(p, new_state(anchor, state_shape(tuple(p.shape), rowwise), value), second)
+        anchor = self._owned[p][1].array if second else numpy_view(p.detach())
+        buffer = new_state(anchor, state_shape(tuple(p.shape), rowwise), value)
+        return self._own(p, buffer, second)
 
     def _own(self, p: torch.Tensor, buffer: State, second: bool = False) -> torch.Tensor:
         tensor = torch.from_numpy(buffer.array)
@@ -478,8 +552,7 @@ class EngineOptimizer(Optimizer):
         shape = state_shape(tuple(p.shape), rowwise)
         owned = (self._owned2 if second else self._owned).get(p)
         if owned is not None and owned[0] is found:
-            array = owned[1].array
-            if array.shape == shape and array.dtype == p.detach().numpy().dtype:
+            if owned[0].shape == shape and owned[0].dtype is state_dtype(p):
                 return owned      # (a param whose dtype changed, by ``module.double()``, gets a new one)
         name = f"state of {label}[{self._second_state_key if second else self._state_key!r}]"
         if not isinstance(found, torch.Tensor):
@@ -491,9 +564,9 @@ class EngineOptimizer(Optimizer):
             found = found.to_dense()
         if found.is_complex() or found.layout != torch.strided:
             raise TypeError(f"{name}: expected a dense real tensor, got {found.dtype}, {found.layout}")
-        # As ``copy_`` would: cast to the param's dtype (a tensor may hold one NumPy lacks), resolve views.
-        source = found.detach().to(dtype=p.dtype).resolve_neg().resolve_conj()
-        param = p.detach().numpy()
+        # To the state's dtype by the documented rule (a tensor may hold one NumPy lacks), views resolved.
+        source = converted_state(found, p, name).resolve_neg().resolve_conj()
+        param = numpy_view(p.detach())
         self._own(p, State.from_array(param, shape, value, source.numpy()), second)
         return (self._owned2 if second else self._owned)[p]
 
@@ -523,6 +596,57 @@ class EngineOptimizer(Optimizer):
         """
         self._materialize()
         return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict, as :meth:`torch.optim.Optimizer.load_state_dict` does, except for the state of
+        float16/bfloat16 params.
+
+        torch.optim casts every loaded state tensor to its param's dtype; the state of a 16-bit param is
+        float32 here, so its tensors are instead: taken as they are if float32; widened to float32 if
+        float16 or bfloat16 (a checkpoint of torch.optim, whose state has the param's dtype), which is
+        exact; refused otherwise.
+
+        Parameters
+        ----------
+        state_dict : dict
+            As returned by :meth:`state_dict` (of this class or of the torch.optim counterpart).
+
+        Raises
+        ------
+        TypeError
+            If a state tensor of a 16-bit param is of another dtype (float64 say: narrowing it would
+            round), naming it (``state_dict['state'][3]['sum']``); nothing is loaded.
+        """
+        widened = self._widened_state(state_dict)
+        super().load_state_dict(state_dict)
+        for p, key, tensor in widened:
+            self.state[p][key] = tensor
+
+    def _widened_state(self, state_dict: object) -> list[tuple[torch.Tensor, str, torch.Tensor]]:
+        """The state tensors of ``state_dict`` that belong to 16-bit params, in float32 (see
+        ``load_state_dict``); a state dict torch will refuse gives none (torch's error is raised)."""
+        if not isinstance(state_dict, dict):
+            return []
+        saved_groups, saved_state = state_dict.get("param_groups"), state_dict.get("state")
+        if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
+            return []
+        groups = self.param_groups
+        if len(saved_groups) != len(groups) or any(
+            not isinstance(saved, dict) or len(saved.get("params", ())) != len(group["params"])
+            for saved, group in zip(saved_groups, groups)
+        ):
+            return []
+        widened = []
+        for saved, group in zip(saved_groups, groups):
+            for saved_id, p in zip(saved["params"], group["params"]):
+                entry = saved_state.get(saved_id)
+                if p.dtype not in HALF_DTYPES or not isinstance(entry, dict):
+                    continue
+                for key, value in entry.items():
+                    if key != "step" and isinstance(value, torch.Tensor):
+                        name = f"state_dict['state'][{saved_id!r}][{key!r}]"
+                        widened.append((p, key, converted_state(value, p, name)))
+        return widened
 
     # -- the step ---------------------------------------------------------------------------------------
 
@@ -565,7 +689,14 @@ class EngineOptimizer(Optimizer):
     def _grad_arrays(self, plan: Plan, grads: list[torch.Tensor]) -> list[np.ndarray]:
         if not grads:
             return []
+        half = plan.half
+        if half is not None:
+            for d, dtype in half:
+                if grads[d].dtype is not dtype:
+                    self._refuse_grad_dtype(plan, d, grads[d])
         try:
+            if plan.views:
+                return [numpy_view(g) for g in grads]
             return [g.numpy() for g in grads]
         except (RuntimeError, TypeError):
             pass
@@ -603,6 +734,14 @@ class EngineOptimizer(Optimizer):
         sparse = [rows(j, g) for j, g in enumerate(g for g, sparse in zip(grads, kinds) if sparse)]
         return plan, self._grad_arrays(plan, dense), sparse
 
+    @staticmethod
+    def _refuse_grad_dtype(plan: Plan, position: int, grad: torch.Tensor) -> None:
+        for cohort in plan.cohorts:
+            for at, label, tensor in zip(cohort.positions, cohort.labels, cohort.tensors):
+                if at == position:
+                    check_grad_dtype(grad, tensor, label)
+        raise RuntimeError("a grad's dtype differs from its param's")    # not reached
+
     def _cohort_grads(self, plan: Plan, cohort: Cohort, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return arrays if len(plan.cohorts) == 1 else [arrays[i] for i in cohort.positions]
 
@@ -632,9 +771,11 @@ class EngineOptimizer(Optimizer):
         Raises
         ------
         ValueError, TypeError
-            For a param that is not a CPU, dense, contiguous float32/float64 tensor, a grad that is neither
-            such a tensor nor a sparse COO tensor with one sparse dim of the param's shape and dtype, an
-            index out of range, or a bad hyperparameter; raised before anything is written.
+            For a param that is not a CPU, dense, contiguous float32/float64 tensor (Adagrad and SGD: or
+            float16/bfloat16), a grad that is neither such a tensor of the param's dtype nor a sparse COO
+            tensor with one sparse dim of the param's shape and dtype, an index out of range, a state
+            tensor that cannot be converted (see ``load_state_dict``), or a bad hyperparameter; raised
+            before anything is written.
         """
         loss = None
         if closure is not None:

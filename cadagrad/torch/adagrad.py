@@ -25,7 +25,7 @@ __all__ = ["Adagrad"]
 
 
 class Adagrad(EngineOptimizer):
-    r"""AdaGrad for CPU float32/float64 tensors, stepped in place by cadagrad's kernels.
+    r"""AdaGrad for CPU float32/float64/float16/bfloat16 tensors, stepped in place by cadagrad's kernels.
 
     A drop-in for :class:`torch.optim.Adagrad` (same arguments, param groups, ``state[p]["sum"]`` and
     ``state[p]["step"]``, ``state_dict`` layout). At step ``t`` of a param (1-based, its own count), for
@@ -39,6 +39,15 @@ class Adagrad(EngineOptimizer):
         p   = p - (clr * g) / d
 
     PyTorch computes ``G`` with a fused multiply-add, so results agree within a tolerance, not bitwise.
+
+    **16-bit params** (``torch.float16``, ``torch.bfloat16``, dense or sparse grads, in any group beside
+    float32 ones) keep a **float32** ``state[p]["sum"]``: each step widens the param and its grad to
+    float32, runs the rule above in float32 and rounds the param back once, to nearest even (the rules
+    page, "16-bit params"); bit for bit ``cadagrad.reference.Adagrad`` on the same 16-bit arrays. This
+    differs from torch.optim.Adagrad, whose state has the param's dtype: the accumulator takes twice the
+    param's memory (one float32 per row with ``rowwise``), and ``load_state_dict`` keeps it float32,
+    widening a torch.optim checkpoint's float16/bfloat16 state exactly and refusing any other dtype
+    (naming the entry). A grad must have its param's dtype.
 
     **Sparse grads** (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: COO tensors with one
     sparse dim, uncoalesced, duplicates, any nnz) update only the rows they name, as torch.optim does.
@@ -74,8 +83,8 @@ class Adagrad(EngineOptimizer):
     Parameters
     ----------
     params : iterable of Tensor, of dict, or of (name, Tensor)
-        CPU, dense, contiguous float32/float64 tensors, or param groups (dicts with ``"params"`` and
-        per-group hyperparameters), as for :class:`torch.optim.Optimizer`.
+        CPU, dense, contiguous float32, float64, float16 or bfloat16 tensors, or param groups (dicts with
+        ``"params"`` and per-group hyperparameters), as for :class:`torch.optim.Optimizer`.
     lr : float or 1-element Tensor, default 0.01
         Learning rate; read from ``param_groups`` at every step (schedulers may change it).
     lr_decay : float, default 0
@@ -120,6 +129,7 @@ class Adagrad(EngineOptimizer):
     """
 
     _state_key = "sum"
+    _accepts_16_bit = True
     _extra_defaults: dict[str, Any] = {
         **EngineOptimizer._extra_defaults, "eps_inside_sqrt": False, "rowwise": False,
     }
@@ -200,7 +210,7 @@ class Adagrad(EngineOptimizer):
                     flag: object) -> Plan:
         labels = self._labels(index, group, with_grad)
         for p, label in zip(with_grad, labels):
-            check_tensor(p, label)
+            check_tensor(p, label, half=True)
         self._check_group(index, group)
         rowwise = bool(flag)
         init = _checks.check_number(group["initial_accumulator_value"], "initial_accumulator_value")

@@ -29,7 +29,9 @@ _COMMON_DOC = """
     ----------
     params : iterable of Tensor, of dict, or of (name, Tensor)
         CPU, dense, contiguous float32/float64 tensors, or param groups (dicts with ``"params"`` and
-        per-group hyperparameters), as for :class:`torch.optim.Optimizer`.
+        per-group hyperparameters), as for :class:`torch.optim.Optimizer`. float16 and bfloat16 params
+        are refused (a TypeError naming the param, nothing changed): unlike Adagrad and SGD, these rules
+        have no 16-bit kernels.
     lr : float or 1-element Tensor
         Learning rate (required, > 0); read from ``param_groups`` at every step (schedulers may change it).
     l1 : float, default 0
@@ -117,7 +119,7 @@ class _Proximal(EngineOptimizer):
                     flag: object) -> Plan:
         labels = self._labels(index, group, with_grad)
         for p, label in zip(with_grad, labels):
-            check_tensor(p, label)
+            check_tensor(p, label, half=False)
         init = self._initial_value(index, group)
         key2 = self._second_state_key
         plan = Plan(group, with_grad, kinds, flag)

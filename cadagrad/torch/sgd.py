@@ -17,6 +17,7 @@ from ._engine import (
     Tables,
     check_tensor,
     increment_version,
+    numpy_view,
     scalar,
 )
 
@@ -66,7 +67,7 @@ class _TouchedRows:
 
 
 class SGD(EngineOptimizer):
-    r"""SGD with momentum for CPU float32/float64 tensors, stepped in place by cadagrad's kernels.
+    r"""SGD with momentum for CPU float32/float64/float16/bfloat16 tensors, stepped in place by cadagrad.
 
     A drop-in for :class:`torch.optim.SGD` (same arguments, param groups, ``state[p]["momentum_buffer"]``,
     ``state_dict`` layout). For every element, in this order and in the tensor's dtype::
@@ -78,6 +79,15 @@ class SGD(EngineOptimizer):
             buf = momentum * buf + (1 - dampening) * g later
             g   = g + momentum * buf  if nesterov  else  buf
         p = p - lr * g
+
+    **16-bit params** (``torch.float16``, ``torch.bfloat16``, dense or sparse grads, in any group beside
+    float32 ones) keep a **float32** ``state[p]["momentum_buffer"]``: each step widens the param and its
+    grad to float32, runs the rule above in float32 and rounds the param back once, to nearest even (the
+    rules page, "16-bit params"); with sparse grads the named rows' grads are widened and summed in
+    float32. This differs from torch.optim.SGD, whose buffer has the param's dtype: the buffer takes
+    twice the param's memory, and ``load_state_dict`` keeps it float32, widening a torch.optim
+    checkpoint's float16/bfloat16 buffer exactly and refusing any other dtype (naming the entry). A grad
+    must have its param's dtype.
 
     **Sparse grads** (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: COO tensors with one
     sparse dim, uncoalesced, duplicates, any nnz) go to the row kernel as ``grad._indices()[0]`` and
@@ -104,7 +114,7 @@ class SGD(EngineOptimizer):
     Parameters
     ----------
     params : iterable of Tensor, of dict, or of (name, Tensor)
-        CPU, dense, contiguous float32/float64 tensors, or param groups, as for
+        CPU, dense, contiguous float32, float64, float16 or bfloat16 tensors, or param groups, as for
         :class:`torch.optim.Optimizer`.
     lr : float or 1-element Tensor, default 0.001
         Learning rate; read from ``param_groups`` at every step.
@@ -130,6 +140,7 @@ class SGD(EngineOptimizer):
     """
 
     _state_key = "momentum_buffer"
+    _accepts_16_bit = True
     _extra_defaults: dict[str, Any] = {**EngineOptimizer._extra_defaults, "lazy_momentum": False}
 
     def __init__(
@@ -199,7 +210,7 @@ class SGD(EngineOptimizer):
                     flag: object) -> Plan:
         labels = self._labels(index, group, with_grad)
         for p, label in zip(with_grad, labels):
-            check_tensor(p, label)
+            check_tensor(p, label, half=True)
         plan = Plan(group, with_grad, kinds, flag)
         dense, sparse = plan.split()
         if not flag:
@@ -216,7 +227,7 @@ class SGD(EngineOptimizer):
             found = state.get("momentum_buffer")
             if found is None:
                 # Written by the first step (buf = g) and put in ``state`` only once that step is taken.
-                buffers.append(new_state(p.detach().numpy(), tuple(p.shape), 0.0))
+                buffers.append(new_state(numpy_view(p.detach()), tuple(p.shape), 0.0))
             else:
                 tensor, buffer = self._state_buffer(p, found, label, 0.0)
                 state["momentum_buffer"] = tensor
