@@ -193,6 +193,7 @@ cdef extern from *:
     /* The key of the 2^32 indices that share the high word hi: the bits of index hi * 2^32 + lo are
        cg_mix32(cg_sr_block(key, hi) ^ lo). */
     static inline uint32_t cg_sr_block(uint32_t key, uint64_t hi) { return cg_mix32(key ^ (uint32_t)hi); }
+    static inline uint32_t cg_is_nan(float f) { return (cg_f32_bits(f) & 0x7fffffffu) > 0x7f800000u; }
 
     /* float32 -> 16 bits, stochastically: away from zero iff u < frac, where u = (r >> 8) / 2^24 and frac
        is |f| minus |f| truncated (toward zero) to the format, over the format's spacing there. A NaN
@@ -200,16 +201,18 @@ cdef extern from *:
 
        bfloat16 drops the low 16 bits everywhere (subnormals too), so frac = low16 / 2^16 and
        u < frac <=> (r >> 16) < low16. A carry past the largest finite value gives infinity. */
-    static inline uint16_t cg_f32_to_bf16_sr(float f, uint32_t r) {
+    static inline uint16_t cg_f32_to_bf16_sr_number(float f, uint32_t r) {        /* f not a NaN */
         uint32_t u = cg_f32_bits(f);
-        uint32_t out = (u >> 16) + (uint32_t)((r >> 16) < (u & 0xffffu));
-        return (uint16_t)cg_select((u & 0x7fffffffu) > 0x7f800000u, cg_f32_to_bf16(f), out);
+        return (uint16_t)((u >> 16) + (uint32_t)((r >> 16) < (u & 0xffffu)));
+    }
+    static inline uint16_t cg_f32_to_bf16_sr(float f, uint32_t r) {
+        return (uint16_t)cg_select(cg_is_nan(f), cg_f32_to_bf16(f), cg_f32_to_bf16_sr_number(f, r));
     }
     /* float16: a normal result (2^-14 <= |f|) drops 13 bits: u < frac <=> (r >> 19) < low13, and a
        carry may reach the exponent (from 65504, infinity); from 2^16 on, infinity. A subnormal result
        (|f| < 2^-14) is m * 2^-24: y = |f| * 2^24 is exact, m = trunc(y), frac = y - m is exact, and
        u < frac is compared in float32 (exact). */
-    static inline uint16_t cg_f32_to_f16_sr(float f, uint32_t r) {
+    static inline uint16_t cg_f32_to_f16_sr_number(float f, uint32_t r) {         /* f not a NaN */
         uint32_t u = cg_f32_bits(f);
         uint32_t sign = (u >> 16) & 0x8000u;
         uint32_t a = u & 0x7fffffffu;
@@ -219,32 +222,45 @@ cdef extern from *:
         uint32_t sub = (uint32_t)(int32_t)m + (uint32_t)((float)(r >> 8) * 5.9604644775390625e-08f < y - m);
         uint32_t out = cg_select(a < 0x38800000u, sub, normal);
         out = cg_select(a >= 0x47800000u, 0x7c00u, out);
-        out = sign | out;
-        return (uint16_t)cg_select(a > 0x7f800000u, cg_f32_to_f16(f), out);
+        return (uint16_t)(sign | out);
+    }
+    static inline uint16_t cg_f32_to_f16_sr(float f, uint32_t r) {
+        return (uint16_t)cg_select(cg_is_nan(f), cg_f32_to_f16(f), cg_f32_to_f16_sr_number(f, r));
     }
     """
     unsigned int cg_mix32(unsigned int x) noexcept nogil
     unsigned int cg_sr_key(unsigned long long seed, unsigned long long step) noexcept nogil
     unsigned int cg_sr_block(unsigned int key, unsigned long long hi) noexcept nogil
+    unsigned int cg_is_nan(float f) noexcept nogil
+    unsigned short cg_f32_to_bf16_sr_number(float f, unsigned int r) noexcept nogil
     unsigned short cg_f32_to_bf16_sr(float f, unsigned int r) noexcept nogil
+    unsigned short cg_f32_to_f16_sr_number(float f, unsigned int r) noexcept nogil
     unsigned short cg_f32_to_f16_sr(float f, unsigned int r) noexcept nogil
 
 
 cdef inline void _store_params_stochastic(half_param* p, const float* wide, Py_ssize_t n, unsigned int key,
                                           Py_ssize_t first) noexcept nogil:
     # Rounds wide[0:n] into p[0:n] stochastically; p[0] is element `first` of its param. Split where the
-    # index's low word wraps, so that each inner loop has one block key.
+    # index's low word wraps, so that each inner loop has one block key. The loop rounds every value as
+    # a number and notes whether one was a NaN; only then are the NaNs rounded again, by the full
+    # helper. (Selecting the NaN result inside the loop cost about a third of the loop.)
     cdef Py_ssize_t i = 0, j, m
-    cdef unsigned int block, low
+    cdef unsigned int block, low, nan
     while i < n:
         block = cg_sr_block(key, <unsigned long long>(first + i) >> 32)
         low = <unsigned int><unsigned long long>(first + i)        # the low word
         m = min(n - i, (<Py_ssize_t>1 << 32) - <Py_ssize_t>low)
+        nan = 0
         for j in range(m):
+            nan |= cg_is_nan(wide[i + j])
             if half_param is cg_f16:
-                p[i + j].bits = cg_f32_to_f16_sr(wide[i + j], cg_mix32(block ^ <unsigned int>(low + j)))
+                p[i + j].bits = cg_f32_to_f16_sr_number(wide[i + j], cg_mix32(block ^ <unsigned int>(low + j)))
             else:
-                p[i + j].bits = cg_f32_to_bf16_sr(wide[i + j], cg_mix32(block ^ <unsigned int>(low + j)))
+                p[i + j].bits = cg_f32_to_bf16_sr_number(wide[i + j], cg_mix32(block ^ <unsigned int>(low + j)))
+        if nan:
+            for j in range(m):
+                if cg_is_nan(wide[i + j]):
+                    _store_rounded(p, i + j, wide[i + j])
         i += m
 
 

@@ -527,3 +527,25 @@ def test_bad_functional_16_bit_input_is_named_and_nothing_is_written(call, error
         call(p, g, s)
     assert_bitwise_equal(p, before, "params")
     assert not s.any()
+
+
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("dtype", HALF)
+def test_non_finite_values_round_as_to_nearest_under_stochastic_rounding(isa, dtype):
+    """NaNs (with payloads), infinities and overflowing steps inside blocks of finite values."""
+    module = _kernels.available_variants()[isa]
+    rng = np.random.default_rng(12)
+    p = edgy_array(rng, (5000,), dtype)
+    bits = p.view(np.uint16)
+    bits[::97] = 0x7FC1 if dtype == HALF[1] else 0x7E01          # quiet NaNs with payloads
+    bits[5::89] = 0xFF80 if dtype == HALF[1] else 0xFC00          # -inf
+    grad = edgy_array(rng, p.shape, np.float32)
+    grad[7::101] = np.nan
+    grad[9::103] = np.inf
+    ref = reference.SGD([p.copy()], lr=0.5, stochastic_rounding=True, seed=3)
+    mine = p.copy()
+    engine = module.StepEngine([mine], None, False, None, 0, None, None, [KIND[dtype]])
+    with np.errstate(all="ignore"):
+        engine.sgd([grad], 0.5, 0.0, 0.0, 0.0, False, False, 2, False, 3)
+        ref.step([grad])
+    assert_bitwise_equal(mine, ref.params[0], f"{isa} params")
