@@ -15,7 +15,9 @@ from ._engine import (
     ParamsT,
     Plan,
     Tables,
+    check_options,
     check_tensor,
+    group_seed,
     increment_version,
     scalar,
     step_dtype,
@@ -132,6 +134,7 @@ class Adagrad(EngineOptimizer):
     _accepts_16_bit = True
     _extra_defaults: dict[str, Any] = {
         **EngineOptimizer._extra_defaults, "eps_inside_sqrt": False, "rowwise": False,
+        **_checks.PRECISION_DEFAULTS,
     }
 
     def __init__(
@@ -149,8 +152,12 @@ class Adagrad(EngineOptimizer):
         fused: bool | None = None,
         eps_inside_sqrt: bool = False,
         rowwise: bool = False,
+        state_dtype: str | None = None,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
         num_threads: int | None = None,
     ) -> None:
+        check_options(state_dtype, stochastic_rounding, seed)
         _checks.adagrad_hyperparameters(
             lr=scalar(lr), lr_decay=lr_decay, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value, eps=eps, eps_inside_sqrt=eps_inside_sqrt,
@@ -168,6 +175,9 @@ class Adagrad(EngineOptimizer):
             "fused": fused,
             "eps_inside_sqrt": eps_inside_sqrt,
             "rowwise": rowwise,
+            "state_dtype": state_dtype,
+            "stochastic_rounding": stochastic_rounding,
+            "seed": seed,
         }
         super().__init__(params, defaults, num_threads)
         # As torch.optim.Adagrad: every param has a state from the start (step 0, sum filled).
@@ -177,7 +187,7 @@ class Adagrad(EngineOptimizer):
             for p in group["params"]:
                 state = self.state[p]
                 state["step"] = torch.tensor(0.0, dtype=dtype)
-                state["sum"] = self._new_state(p, init, group["rowwise"])
+                state["sum"] = self._new_state(p, init, group["rowwise"], mode=group["state_dtype"])
 
     def _check_group(self, index: int, group: dict) -> None:
         rowwise = _checks.check_flag(group.get("rowwise", False), f"param_groups[{index}]['rowwise']")
@@ -189,7 +199,8 @@ class Adagrad(EngineOptimizer):
                 )
 
     def _structure(self, group: dict) -> object:
-        return bool(group["rowwise"])
+        # The state's layout and dtype, and whether the group rounds stochastically (checked at builds).
+        return bool(group["rowwise"]), group["state_dtype"], bool(group["stochastic_rounding"])
 
     def _hyperparameters(self, index: int, group: dict) -> tuple:
         if group.get("differentiable"):
@@ -204,7 +215,7 @@ class Adagrad(EngineOptimizer):
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"param_groups[{index}]: {exc}") from None
         return (checked["lr"], checked["lr_decay"], checked["weight_decay"], checked["eps"],
-                checked["eps_inside_sqrt"], checked["maximize"])
+                checked["eps_inside_sqrt"], checked["maximize"], group_seed(index, group))
 
     def _build_plan(self, index: int, group: dict, with_grad: list[torch.Tensor], kinds: list[bool],
                     flag: object) -> Plan:
@@ -212,7 +223,8 @@ class Adagrad(EngineOptimizer):
         for p, label in zip(with_grad, labels):
             check_tensor(p, label, half=True)
         self._check_group(index, group)
-        rowwise = bool(flag)
+        self._check_rounding_params(index, group)
+        rowwise, mode, _ = flag
         init = _checks.check_number(group["initial_accumulator_value"], "initial_accumulator_value")
         plan = Plan(group, with_grad, kinds, flag)
         sums: list[State] = []
@@ -221,13 +233,13 @@ class Adagrad(EngineOptimizer):
             state = self.state[p]
             if "sum" not in state:                     # a param added after construction
                 state["step"] = torch.tensor(0.0, dtype=step_dtype())
-                state["sum"] = self._new_state(p, init, rowwise)
+                state["sum"] = self._new_state(p, init, rowwise, mode=mode)
             if "step" not in state:
                 raise ValueError(f"state of {label}: has 'sum' but no 'step'")
             step = float(scalar(state["step"]))
             if not (step >= 0 and step.is_integer()):
                 raise ValueError(f"state of {label}['step']: expected a whole number >= 0, got {step}")
-            tensor, buffer = self._state_buffer(p, state["sum"], label, init, rowwise)
+            tensor, buffer = self._state_buffer(p, state["sum"], label, init, rowwise, mode=mode)
             state["sum"] = tensor
             sums.append(buffer)
             counts.append(int(step))
@@ -240,14 +252,14 @@ class Adagrad(EngineOptimizer):
             chosen = [dense[d] for d in positions]
             cohort = Cohort(
                 positions, [with_grad[i] for i in chosen], [labels[i] for i in chosen],
-                [sums[i] for i in chosen], step, rowwise=rowwise,
+                [sums[i] for i in chosen], step, rowwise=rowwise, mode=mode,
             )
             cohort.steps = np.full(len(positions), step, dtype=dtype)
             self._share_steps(cohort.steps, [with_grad[i] for i in chosen])
             plan.cohorts.append(cohort)
         if sparse:
             tables = Tables([with_grad[i] for i in sparse], [labels[i] for i in sparse],
-                            [sums[i] for i in sparse], rowwise)
+                            [sums[i] for i in sparse], rowwise, mode=mode)
             tables.steps = np.array([counts[i] for i in sparse], dtype=dtype)
             self._share_steps(tables.steps, [with_grad[i] for i in sparse])
             plan.tables = tables
@@ -259,21 +271,15 @@ class Adagrad(EngineOptimizer):
             plan.steps.append(state["step"])
         return plan
 
-    def _share_steps(self, steps: np.ndarray, params: list[torch.Tensor]) -> None:
-        """Make ``state[p]["step"]`` of ``params`` views of ``steps`` (one write counts them all)."""
-        views = torch.from_numpy(steps)
-        for k, p in enumerate(params):
-            self.state[p]["step"] = views[k]
-
     def _run(self, plan: Plan, arrays: list[np.ndarray], hyper: tuple, threads: int) -> None:
-        lr, lr_decay, weight_decay, eps, inside, maximize = hyper
+        lr, lr_decay, weight_decay, eps, inside, maximize, seed = hyper
         for cohort in plan.cohorts:
             engine = cohort.engine
             if cohort.pending:
                 cohort.ready(self._cohort_grads(plan, cohort, arrays))
             engine.adagrad(
                 self._cohort_grads(plan, cohort, arrays), lr, lr_decay, weight_decay, eps, inside, maximize,
-                threads,
+                threads, False, seed if cohort.half else None,
             )
             cohort.steps.fill(engine.steps)
             increment_version(cohort.tensors)
@@ -291,7 +297,7 @@ class Adagrad(EngineOptimizer):
 
     def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], batch: list[int],
                     hyper: tuple, threads: int) -> None:
-        lr, lr_decay, weight_decay, eps, inside, maximize = hyper
+        lr, lr_decay, weight_decay, eps, inside, maximize, seed = hyper
         tables = plan.tables
         engine = tables.engine
         steps = tables.steps
@@ -300,7 +306,7 @@ class Adagrad(EngineOptimizer):
         tables.ready(batch, indices)
         bad = engine.adagrad_rows_many(
             indices, [rows[j][1] for j in batch], batch, False, lr, lr_decay, weight_decay, eps, inside,
-            maximize, threads,
+            maximize, threads, seed if tables.half else None,
         )
         if bad >= 0:
             raise tables.refused(batch, indices, bad)
