@@ -592,7 +592,7 @@ class EngineOptimizer(Optimizer):
         if group["stochastic_rounding"] and not any(p.dtype in HALF_DTYPES for p in group["params"]):
             raise ValueError(
                 f"param_groups[{index}]: stochastic_rounding: applies to float16 and bfloat16 params only, "
-                "and none of the group's params is one"
+                "and none of the params is one"
             )
 
     def _share_steps(self, steps: np.ndarray, params: list[torch.Tensor]) -> None:
