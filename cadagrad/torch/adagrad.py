@@ -43,13 +43,16 @@ class Adagrad(EngineOptimizer):
     PyTorch computes ``G`` with a fused multiply-add, so results agree within a tolerance, not bitwise.
 
     **16-bit params** (``torch.float16``, ``torch.bfloat16``, dense or sparse grads, in any group beside
-    float32 ones) keep a **float32** ``state[p]["sum"]``: each step widens the param and its grad to
-    float32, runs the rule above in float32 and rounds the param back once, to nearest even (the rules
-    page, "16-bit params"); bit for bit ``cadagrad.reference.Adagrad`` on the same 16-bit arrays. This
-    differs from torch.optim.Adagrad, whose state has the param's dtype: the accumulator takes twice the
-    param's memory (one float32 per row with ``rowwise``), and ``load_state_dict`` keeps it float32,
-    widening a torch.optim checkpoint's float16/bfloat16 state exactly and refusing any other dtype
-    (naming the entry). A grad must have its param's dtype.
+    float32 ones): each step widens the param and its grad to float32, runs the rule above in float32 and
+    rounds the param back once (the rules page, "16-bit params"); bit for bit ``cadagrad.reference.Adagrad``
+    with the same ``state_dtype``, ``stochastic_rounding`` and ``seed`` on the same 16-bit arrays. Per
+    param group: with ``state_dtype=None`` ``state[p]["sum"]`` is **float32** (twice the param's memory,
+    one float32 per row with ``rowwise``; torch.optim.Adagrad's has the param's dtype); with
+    ``state_dtype="param"`` it has the param's dtype, torch.optim's layout, rounded to nearest even at
+    every step. ``stochastic_rounding=True`` rounds the param stochastically, with the bits of
+    ``(seed, state[p]["step"], element)``. ``load_state_dict`` loads the groups' ``state_dtype`` and
+    converts the state to it by a documented rule (widened exactly to float32; float32 rounded to 16 bits
+    only with ``convert_state=True``; see :meth:`load_state_dict`). A grad must have its param's dtype.
 
     **Sparse grads** (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: COO tensors with one
     sparse dim, uncoalesced, duplicates, any nnz) update only the rows they name, as torch.optim does.
@@ -109,6 +112,17 @@ class Adagrad(EngineOptimizer):
         ``sqrt(G + eps)`` (Keras 3, optax) instead of ``sqrt(G) + eps`` (PyTorch). Not a torch.optim option.
     rowwise : bool, default False
         Row-wise AdaGrad (above); every param of the group must be 2-D. Fixed by the state's layout.
+    state_dtype : {None, "param"}, default None
+        The dtype of a float16/bfloat16 param's accumulator: float32 (None) or the param's own (2 bytes
+        per element instead of 4). Other params keep their dtype. Not a torch.optim option.
+    stochastic_rounding : bool, default False
+        Round float16/bfloat16 params stochastically instead of to nearest, so that updates smaller than
+        half a unit in the last place are kept in expectation. Refused for a group without such a param
+        (naming the group). Not a torch.optim option.
+    seed : int or None, default None
+        The generator's seed (0 to 2**64 - 1). None with ``stochastic_rounding`` draws one per group when
+        the group is created (``secrets.randbits(64)``) and stores it in the group, so that
+        ``state_dict()`` records it and a resumed run is bit for bit an uninterrupted one.
     num_threads : int or None, default None
         Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
 

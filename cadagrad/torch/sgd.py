@@ -84,13 +84,18 @@ class SGD(EngineOptimizer):
         p = p - lr * g
 
     **16-bit params** (``torch.float16``, ``torch.bfloat16``, dense or sparse grads, in any group beside
-    float32 ones) keep a **float32** ``state[p]["momentum_buffer"]``: each step widens the param and its
-    grad to float32, runs the rule above in float32 and rounds the param back once, to nearest even (the
-    rules page, "16-bit params"); with sparse grads the named rows' grads are widened and summed in
-    float32. This differs from torch.optim.SGD, whose buffer has the param's dtype: the buffer takes
-    twice the param's memory, and ``load_state_dict`` keeps it float32, widening a torch.optim
-    checkpoint's float16/bfloat16 buffer exactly and refusing any other dtype (naming the entry). A grad
-    must have its param's dtype.
+    float32 ones): each step widens the param and its grad to float32, runs the rule above in float32 and
+    rounds the param back once (the rules page, "16-bit params"); with sparse grads the named rows' grads
+    are widened and summed in float32. Per param group: with ``state_dtype=None``
+    ``state[p]["momentum_buffer"]`` is **float32** (twice the param's memory; torch.optim.SGD's has the
+    param's dtype); with ``state_dtype="param"`` it has the param's dtype, torch.optim's layout, rounded
+    to nearest even at every step. ``stochastic_rounding=True`` rounds the param stochastically with the
+    bits of ``(seed, t, element)``, ``t`` being the param's step count, which such a group keeps in
+    ``state[p]["step"]`` (torch.optim.SGD loads it and ignores it); a momentum buffer that starts after
+    the param's first step takes ``t = 1`` there. ``load_state_dict`` loads the groups' ``state_dtype``
+    and converts the state to it by a documented rule (widened exactly to float32; float32 rounded to 16
+    bits only with ``convert_state=True``; see :meth:`load_state_dict`). A grad must have its param's
+    dtype.
 
     **Sparse grads** (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: COO tensors with one
     sparse dim, uncoalesced, duplicates, any nnz) go to the row kernel as ``grad._indices()[0]`` and
@@ -138,6 +143,15 @@ class SGD(EngineOptimizer):
     lazy_momentum : bool, default False
         With sparse grads and momentum, TensorFlow's lazy rule instead of torch's (above). Not a
         torch.optim option; no effect on dense grads.
+    state_dtype : {None, "param"}, default None
+        The dtype of a float16/bfloat16 param's momentum buffer: float32 (None) or the param's own.
+        Other params keep their dtype. Not a torch.optim option.
+    stochastic_rounding : bool, default False
+        Round float16/bfloat16 params stochastically instead of to nearest. Refused for a group without
+        such a param (naming the group). Not a torch.optim option.
+    seed : int or None, default None
+        The generator's seed (0 to 2**64 - 1). None with ``stochastic_rounding`` draws one per group when
+        the group is created and stores it in the group, so that ``state_dict()`` records it.
     num_threads : int or None, default None
         Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
     """
