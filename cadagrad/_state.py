@@ -113,9 +113,12 @@ def _anonymous(
     return raw[offset : offset + nbytes].view(dtype).reshape(shape), mapping
 
 
+_UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}   # by item size: 16-bit state too
+
+
 def _as_rows(array: np.ndarray) -> np.ndarray:
     """``array`` as (rows, columns) of unsigned integers of its item size: bitwise comparisons."""
-    bits = array.view(np.uint32 if array.dtype.itemsize == 4 else np.uint64)
+    bits = array.view(_UINT[array.dtype.itemsize])
     return bits.reshape(array.shape[0], math.prod(array.shape[1:])) if array.ndim else bits.reshape(1, 1)
 
 

@@ -9,6 +9,7 @@ unit in the last place stall under rounding to nearest and move the mean under s
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 from conftest import adagrad_options, assert_bitwise_equal, random_array, seeds, sgd_options
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from test_half import HALF, KIND, edgy_array, half_dtypes, interesting_float32_bits
 
 import cadagrad
-from cadagrad import _kernels, reference
+from cadagrad import _kernels, _state, reference
 
 VARIANTS = list(_kernels.available_variants())
 modes = st.sampled_from([None, "param"])
@@ -549,3 +550,17 @@ def test_non_finite_values_round_as_to_nearest_under_stochastic_rounding(isa, dt
         engine.sgd([grad], 0.5, 0.0, 0.0, 0.0, False, False, 2, False, 3)
         ref.step([grad])
     assert_bitwise_equal(mine, ref.params[0], f"{isa} params")
+
+
+@pytest.mark.parametrize("dtype", [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)])
+def test_a_large_16_bit_state_is_loaded_lazily_with_its_bits(dtype):
+    """State.from_array compares rows bitwise in the state's item size: 2 bytes for a 16-bit state."""
+    param = np.zeros((1 << 17, 16), dtype)              # 4 MiB of 16-bit state: lazy
+    saved = np.zeros(param.shape, dtype)
+    saved[3] = 0.5
+    saved[7] = 1.5
+    for value in (0.0, 0.5):
+        state = _state.State.from_array(param, param.shape, value, saved, dtype)
+        assert state.array.dtype == dtype
+        assert_bitwise_equal(state.copy(), saved, f"copy (initial value {value})")
+        assert_bitwise_equal(state.materialize(), saved, f"state (initial value {value})")

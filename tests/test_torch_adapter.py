@@ -187,7 +187,8 @@ def roundtrip(state_dict: dict) -> dict:
 
 
 # Options that cadagrad.torch adds to torch.optim's (their defaults keep torch's rule).
-CADAGRAD_OPTIONS = {"eps_inside_sqrt": False, "rowwise": False, "lazy_momentum": False}
+CADAGRAD_OPTIONS = {"eps_inside_sqrt": False, "rowwise": False, "lazy_momentum": False, "state_dtype": None,
+                    "stochastic_rounding": False, "seed": None}
 
 
 def torchs_keys(groups: list[dict]) -> list[dict]:

@@ -3,6 +3,7 @@ the base class that runs a step."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable
 from typing import Any, Union
 
@@ -31,21 +32,41 @@ def numpy_view(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def state_dtype(p: torch.Tensor) -> torch.dtype:
-    """The dtype of a param's optimizer state: float32 for a float16/bfloat16 param, else the param's.
+def state_dtype(p: torch.Tensor, mode: str | None = None) -> torch.dtype:
+    """The dtype of a param's optimizer state: float32 for a float16/bfloat16 param, or the param's own
+    dtype with ``mode="param"`` (a group's ``state_dtype``); the param's for a float32/float64 param.
 
     The one place the adapters decide it (``cadagrad._checks.state_dtype`` decides it for the buffers
     themselves; a check at every engine build holds the two together)."""
-    return torch.float32 if p.dtype in HALF_DTYPES else p.dtype
+    return torch.float32 if p.dtype in HALF_DTYPES and mode != "param" else p.dtype
 
 
-def converted_state(found: torch.Tensor, p: torch.Tensor, name: str) -> torch.Tensor:
+def converted_state(found: torch.Tensor, p: torch.Tensor, name: str, mode: str | None = None,
+                    convert: bool = False) -> torch.Tensor:
     """A state tensor found in ``state`` (loaded, or put there from outside) in the dtype of ``p``'s
-    state, by the documented rule: for a float16/bfloat16 param, float32 is taken as it is and float16 or
-    bfloat16 (torch.optim's state for such a param) is widened to float32, which is exact; any other
-    dtype is refused (narrowing would round). For a float32/float64 param: cast to the param's dtype, as
-    ``copy_`` (and torch.optim's ``load_state_dict``) would."""
+    state in ``mode`` (a group's ``state_dtype``), by the documented rule (the PyTorch guide, "16-bit
+    params"). For a float16/bfloat16 param with float32 state (``mode=None``): float32 is taken as it is
+    and float16 or bfloat16 (torch.optim's state for such a param) is widened to float32, which is exact.
+    With ``mode="param"``: the param's dtype is taken as it is; float32 (or the other 16-bit dtype) is
+    rounded to the param's dtype, to nearest even, only with ``convert`` (a lossy step the caller asks
+    for), else refused. Any other dtype (float64 say) is refused. For a float32/float64 param: cast to
+    the param's dtype, as ``copy_`` (and torch.optim's ``load_state_dict``) would."""
     if p.dtype in HALF_DTYPES:
+        if mode == "param":
+            if found.dtype is p.dtype:
+                return found.detach()
+            if found.dtype in (torch.float32, *HALF_DTYPES):
+                if convert:
+                    return found.detach().to(dtype=torch.float32).to(dtype=p.dtype)
+                raise TypeError(
+                    f"{name}: expected {p.dtype} (state_dtype='param') for the state of a {p.dtype} param, "
+                    f"got {found.dtype}; rounding it to {p.dtype} loses bits, so it is done only when asked: "
+                    "load_state_dict(..., convert_state=True) rounds it to nearest even"
+                )
+            raise TypeError(
+                f"{name}: expected {p.dtype} (state_dtype='param') for the state of a {p.dtype} param, "
+                f"got {found.dtype}"
+            )
         if found.dtype not in (torch.float32, *HALF_DTYPES):
             raise TypeError(
                 f"{name}: expected torch.float32 (or the param's {p.dtype}, widened exactly) for the state "
@@ -53,6 +74,53 @@ def converted_state(found: torch.Tensor, p: torch.Tensor, name: str) -> torch.Te
             )
         return found.detach().to(dtype=torch.float32)
     return found.detach().to(dtype=p.dtype)
+
+
+def tensor_view(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory (no copy); a bfloat16 array (``ml_dtypes.bfloat16``, which torch
+    does not know) through int16."""
+    if array.dtype == _BFLOAT16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+_ONE_16_BIT = np.zeros(0, np.float16)   # stands for "a 16-bit param" where a check asks for one
+
+
+def check_options(state_dtype: object, stochastic_rounding: object, seed: object) -> None:
+    """The constructor's ``state_dtype``, ``stochastic_rounding`` and ``seed`` (errors name the argument;
+    whether a group has a 16-bit param for stochastic rounding is checked per group)."""
+    _checks.check_state_dtype(state_dtype)
+    _checks.check_rounding(stochastic_rounding, 0 if seed is None else seed, [_ONE_16_BIT])
+
+
+def check_precision(group: dict) -> None:
+    """Raise unless a group's ``state_dtype``, ``stochastic_rounding`` and ``seed`` are valid, and
+    ``stochastic_rounding`` only where a param is float16/bfloat16 (errors name the option)."""
+    _checks.check_state_dtype(group["state_dtype"])
+    params = [_ONE_16_BIT] if any(p.dtype in HALF_DTYPES for p in group["params"]) else []
+    seed = group["seed"]
+    _checks.check_rounding(group["stochastic_rounding"], 0 if seed is None else seed, params)
+
+
+def group_seed(index: int, group: dict) -> int | None:
+    """A step's check of a group's ``state_dtype``, ``stochastic_rounding`` and ``seed`` (whether it has a
+    16-bit param is checked at plan builds), and the engine's ``seed`` argument: the seed with stochastic
+    rounding, else None (to nearest). A stochastic group without a seed (one set so by hand) draws one
+    here, recorded in the group (and so in ``state_dict()``), as at construction."""
+    stochastic, seed, mode = group["stochastic_rounding"], group["seed"], group["state_dtype"]
+    if not ((stochastic is False or stochastic is True) and (mode is None or mode == "param")
+            and (seed is None or (type(seed) is int and 0 <= seed < 2**64))):
+        try:
+            check_options(mode, stochastic, seed)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"param_groups[{index}]: {exc}") from None
+        seed = None if seed is None else int(seed)
+    if not stochastic:
+        return None
+    if seed is None:
+        seed = group["seed"] = secrets.randbits(64)
+    return seed
 
 
 def scalar(value: object) -> object:
@@ -194,11 +262,11 @@ class Cohort:
     """Params of one group that step together: one engine, one kernel call per step."""
 
     __slots__ = ("positions", "tensors", "labels", "arrays", "buffers", "states", "pending", "explain",
-                 "engine", "steps", "first", "buffers2")
+                 "engine", "steps", "first", "buffers2", "half")
 
     def __init__(self, positions: list[int], tensors: list[torch.Tensor], labels: list[str],
                  buffers: list[State] | None, steps: int, first: bool = False,
-                 rowwise: bool = False, buffers2: list[State] | None = None) -> None:
+                 rowwise: bool = False, buffers2: list[State] | None = None, mode: str | None = None) -> None:
         self.positions = positions       # indices into the plan's list of params with a dense grad
         self.tensors = tensors
         self.labels = labels
@@ -206,7 +274,7 @@ class Cohort:
         self.arrays = [as_array(t, label, writable=True) for t, label in zip(tensors, labels)]
         states = None if buffers is None else [b.array for b in buffers]
         if states is not None:
-            _check_states(self.arrays, states, labels, rowwise)
+            _check_states(self.arrays, states, labels, rowwise, mode)
         # A second state per param (AdaGrad dual averaging's gradient sums), or None.
         states2 = None if buffers2 is None else [b.array for b in buffers2]
         if states2 is not None:
@@ -221,6 +289,8 @@ class Cohort:
                                  kinds_of(self.arrays))
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the params' "step" tensors
         self.first = first                     # SGD: momentum buffers not in ``state`` until stepped
+        # Whether a param is float16/bfloat16: the engine takes a seed (stochastic rounding) only then.
+        self.half = any(t.dtype in HALF_DTYPES for t in tensors)
 
     def ready(self, grads: list[np.ndarray]) -> None:
         """Make lazy state ready for a dense step (huge pages, every row filled), once ``grads`` are
@@ -234,13 +304,13 @@ class Cohort:
 
 
 def _check_states(arrays: list[np.ndarray], states: list[np.ndarray], labels: list[str],
-                  rowwise: bool) -> None:
+                  rowwise: bool, mode: str | None = None) -> None:
     # The kernels trust these: a wrong size would be written out of bounds.
     for array, state, label in zip(arrays, states, labels):
         name = f"state of {label}"
-        _checks.check_float_array(state, name, writable=True)
+        _checks.check_float_array(state, name, writable=True, half=True)
         expected = state_shape(array.shape, rowwise)
-        dtype = _checks.state_dtype(array.dtype)
+        dtype = _checks.state_dtype(array.dtype, mode)
         if state.dtype != dtype or state.shape != expected:
             raise ValueError(
                 f"{name}: expected {dtype} of shape {expected}, got {state.dtype} {state.shape}"
@@ -254,10 +324,10 @@ class Tables:
     """
 
     __slots__ = ("tensors", "labels", "arrays", "buffers", "states", "shapes", "dtypes", "spans", "engine",
-                 "everything", "filling", "steps", "first", "zeros", "buffers2")
+                 "everything", "filling", "steps", "first", "zeros", "buffers2", "half")
 
     def __init__(self, tensors: list[torch.Tensor], labels: list[str], buffers: list[State] | None,
-                 rowwise: bool = False, buffers2: list[State] | None = None) -> None:
+                 rowwise: bool = False, buffers2: list[State] | None = None, mode: str | None = None) -> None:
         check_disjoint(tensors, labels)
         arrays = [as_array(t, label, writable=True) for t, label in zip(tensors, labels)]
         if rowwise:
@@ -268,7 +338,7 @@ class Tables:
                     )
         states = None if buffers is None else [b.array for b in buffers]
         if states is not None:
-            _check_states(arrays, states, labels, rowwise)
+            _check_states(arrays, states, labels, rowwise, mode)
             states = [s if rowwise else rows_view(s) for s in states]
         states2 = None if buffers2 is None else [b.array for b in buffers2]
         if states2 is not None:                 # a second state per param (dual averaging's sums)
@@ -297,6 +367,7 @@ class Tables:
         self.steps: np.ndarray | None = None   # AdaGrad: the buffer behind the tables' "step" tensors
         self.first: list[bool] = []            # SGD: whether a table's momentum buffer is not in state yet
         self.zeros: list[np.ndarray | None] = []  # SGD: zero grad rows for the rows that are not named
+        self.half = any(t.dtype in HALF_DTYPES for t in tensors)   # as ``Cohort.half``
 
     def ready(self, batch: list[int], indices: list[np.ndarray]) -> None:
         """Fill the rows ``indices[n]`` of table ``batch[n]``'s lazy state that hold no value yet; call it
@@ -479,11 +550,17 @@ class EngineOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group (as :meth:`torch.optim.Optimizer.add_param_group`), checking its tensors.
 
+        A group with ``stochastic_rounding=True`` and no ``seed`` draws one (``secrets.randbits(64)``),
+        stored in the group, so that ``state_dict()`` records it.
+
         Raises
         ------
         ValueError, TypeError
             If a param is not a CPU, dense, contiguous float32/float64 tensor (Adagrad and SGD: or
-            float16/bfloat16); the group is not added.
+            float16/bfloat16), or (Adagrad and SGD) ``state_dtype`` is neither None nor ``"param"``,
+            ``seed`` is neither None nor an int from 0 to 2**64 - 1, or ``stochastic_rounding=True`` is
+            asked of a group without a float16/bfloat16 param; the error names the group and the option,
+            and the group is not added.
         """
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -494,12 +571,35 @@ class EngineOptimizer(Optimizer):
             for j, p in enumerate(group["params"]):
                 check_tensor(p, f"param_groups[{index}]['params'][{j}]", half=self._accepts_16_bit)
             self._check_group(index, group)
+            if self._accepts_16_bit:
+                try:
+                    check_precision(group)
+                except (ValueError, TypeError) as exc:
+                    raise type(exc)(f"param_groups[{index}]: {exc}") from None
         except (ValueError, TypeError):
             self.param_groups.pop()
             raise
+        if self._accepts_16_bit and group["stochastic_rounding"] and group["seed"] is None:
+            group["seed"] = secrets.randbits(64)      # drawn once, recorded: state_dict() keeps it
 
     def _check_group(self, index: int, group: dict) -> None:
         """Subclasses refuse params that a group's options cannot step (checked when a group is added)."""
+
+    @staticmethod
+    def _check_rounding_params(index: int, group: dict) -> None:
+        """At a plan build: ``stochastic_rounding`` only in a group with a float16/bfloat16 param (its
+        flag and seed are checked at every step)."""
+        if group["stochastic_rounding"] and not any(p.dtype in HALF_DTYPES for p in group["params"]):
+            raise ValueError(
+                f"param_groups[{index}]: stochastic_rounding: applies to float16 and bfloat16 params only, "
+                "and none of the params is one"
+            )
+
+    def _share_steps(self, steps: np.ndarray, params: list[torch.Tensor]) -> None:
+        """Make ``state[p]["step"]`` of ``params`` views of ``steps`` (one write counts them all)."""
+        views = torch.from_numpy(steps)
+        for k, p in enumerate(params):
+            self.state[p]["step"] = views[k]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -530,29 +630,36 @@ class EngineOptimizer(Optimizer):
     # -- state buffers ------------------------------------------------------------------------------
 
     def _new_state(
-        self, p: torch.Tensor, value: float, rowwise: bool = False, second: bool = False
+        self, p: torch.Tensor, value: float, rowwise: bool = False, second: bool = False,
+        mode: str | None = None,
     ) -> torch.Tensor:
         """A cadagrad-owned state buffer for ``p`` (zero-copy tensor view) holding ``value`` (lazily for
         a large one: see ``cadagrad._state``); with ``rowwise``, one value per row; with ``second``, the
-        buffer of the second key, placed after the first one in memory."""
-        anchor = self._owned[p][1].array if second else numpy_view(p.detach())
-        buffer = new_state(anchor, state_shape(tuple(p.shape), rowwise), value)
+        buffer of the second key, placed after the first one in memory; in the state dtype of ``mode``
+        (a group's ``state_dtype``)."""
+        param = numpy_view(p.detach())
+        anchor = self._owned[p][1].array if second else param
+        dtype = _checks.state_dtype(param.dtype, mode)
+        buffer = new_state(anchor, state_shape(tuple(p.shape), rowwise), value, dtype)
         return self._own(p, buffer, second)
 
     def _own(self, p: torch.Tensor, buffer: State, second: bool = False) -> torch.Tensor:
-        tensor = torch.from_numpy(buffer.array)
+        tensor = tensor_view(buffer.array)
         (self._owned2 if second else self._owned)[p] = (tensor, buffer)
         return tensor
 
     def _state_buffer(self, p: torch.Tensor, found: object, label: str, value: float,
-                     rowwise: bool = False, second: bool = False) -> tuple[torch.Tensor, State]:
+                     rowwise: bool = False, second: bool = False,
+                     mode: str | None = None) -> tuple[torch.Tensor, State]:
         """The buffer behind ``state[p][key]``: ours as is, anything else copied into a buffer of ours
         (torch.optim.SGD's sparse momentum buffers too) whose initial value is ``value``: rows of the
-        copy that are all zero or equal to ``value`` stay unwritten, so a sparse checkpoint stays sparse."""
+        copy that are all zero or equal to ``value`` stay unwritten, so a sparse checkpoint stays sparse.
+        ``mode`` is the group's ``state_dtype``: a tensor of another dtype is converted by
+        ``converted_state`` (widened exactly, or refused where it would round)."""
         shape = state_shape(tuple(p.shape), rowwise)
         owned = (self._owned2 if second else self._owned).get(p)
         if owned is not None and owned[0] is found:
-            if owned[0].shape == shape and owned[0].dtype is state_dtype(p):
+            if owned[0].shape == shape and owned[0].dtype is state_dtype(p, mode):
                 return owned      # (a param whose dtype changed, by ``module.double()``, gets a new one)
         name = f"state of {label}[{self._second_state_key if second else self._state_key!r}]"
         if not isinstance(found, torch.Tensor):
@@ -565,9 +672,10 @@ class EngineOptimizer(Optimizer):
         if found.is_complex() or found.layout != torch.strided:
             raise TypeError(f"{name}: expected a dense real tensor, got {found.dtype}, {found.layout}")
         # To the state's dtype by the documented rule (a tensor may hold one NumPy lacks), views resolved.
-        source = converted_state(found, p, name).resolve_neg().resolve_conj()
+        source = converted_state(found, p, name, mode).resolve_neg().resolve_conj()
         param = numpy_view(p.detach())
-        self._own(p, State.from_array(param, shape, value, source.numpy()), second)
+        dtype = _checks.state_dtype(param.dtype, mode)
+        self._own(p, State.from_array(param, shape, value, numpy_view(source), dtype), second)
         return (self._owned2 if second else self._owned)[p]
 
     def _materialize(self) -> None:
@@ -597,47 +705,78 @@ class EngineOptimizer(Optimizer):
         self._materialize()
         return super().state_dict()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], *, convert_state: bool = False) -> None:
         """Load a state dict, as :meth:`torch.optim.Optimizer.load_state_dict` does, except for the state of
         float16/bfloat16 params.
 
-        torch.optim casts every loaded state tensor to its param's dtype; the state of a 16-bit param is
-        float32 here, so its tensors are instead: taken as they are if float32; widened to float32 if
-        float16 or bfloat16 (a checkpoint of torch.optim, whose state has the param's dtype), which is
-        exact; refused otherwise.
+        The param groups are loaded with their options, ``state_dtype`` included: a group's state dtype
+        is then the loaded one (a group saved without one, by torch.optim or an older cadagrad, keeps the
+        group's current ``state_dtype``, ``stochastic_rounding`` and ``seed``). torch.optim casts every
+        loaded state tensor to its param's dtype; here the state tensors of a 16-bit param must instead
+        fit the loaded ``state_dtype``:
+
+        - ``None`` (float32 state): float32 is taken as it is; float16 or bfloat16 (torch.optim's state,
+          or ours saved with ``state_dtype="param"``) is widened to float32, which is exact.
+        - ``"param"``: the param's dtype is taken as it is (a torch.optim checkpoint loads with no
+          conversion); float32 (or the other 16-bit dtype) would have to be rounded, which loses bits:
+          refused unless ``convert_state=True``, which rounds it to nearest even.
+        - Any other dtype (float64 say) is refused.
 
         Parameters
         ----------
         state_dict : dict
             As returned by :meth:`state_dict` (of this class or of the torch.optim counterpart).
+        convert_state : bool, default False
+            Round float32 state of 16-bit params in ``state_dtype="param"`` groups to the param's dtype
+            (to nearest even) instead of refusing it.
 
         Raises
         ------
         TypeError
-            If a state tensor of a 16-bit param is of another dtype (float64 say: narrowing it would
-            round), naming it (``state_dict['state'][3]['sum']``); nothing is loaded.
+            If a state tensor of a 16-bit param does not fit its group's ``state_dtype`` by the rules above,
+            naming it (``state_dict['state'][3]['sum']``); nothing is loaded.
+        ValueError
+            If a saved group's ``state_dtype``, ``stochastic_rounding`` or ``seed`` is invalid (as for the
+            constructor), naming the group (``state_dict['param_groups'][1]``); nothing is loaded.
         """
-        widened = self._widened_state(state_dict)
+        convert = _checks.check_flag(convert_state, "convert_state")
+        state_dict, converted = self._converted_state(state_dict, convert)
         super().load_state_dict(state_dict)
-        for p, key, tensor in widened:
+        for p, key, tensor in converted:
             self.state[p][key] = tensor
 
-    def _widened_state(self, state_dict: object) -> list[tuple[torch.Tensor, str, torch.Tensor]]:
-        """The state tensors of ``state_dict`` that belong to 16-bit params, in float32 (see
-        ``load_state_dict``); a state dict torch will refuse gives none (torch's error is raised)."""
+    def _converted_state(
+        self, state_dict: object, convert: bool
+    ) -> tuple[object, list[tuple[torch.Tensor, str, torch.Tensor]]]:
+        """``state_dict`` with its groups' precision options filled in (from the current groups where it
+        has none), checked, and the state tensors of its 16-bit params in their groups' state dtypes (see
+        ``load_state_dict``); a state dict torch will refuse is returned as it is (torch's error is
+        raised)."""
         if not isinstance(state_dict, dict):
-            return []
+            return state_dict, []
         saved_groups, saved_state = state_dict.get("param_groups"), state_dict.get("state")
         if not isinstance(saved_groups, (list, tuple)) or not isinstance(saved_state, dict):
-            return []
+            return state_dict, []
         groups = self.param_groups
         if len(saved_groups) != len(groups) or any(
             not isinstance(saved, dict) or len(saved.get("params", ())) != len(group["params"])
             for saved, group in zip(saved_groups, groups)
         ):
-            return []
-        widened = []
+            return state_dict, []
+        if self._accepts_16_bit:
+            filled = []
+            for i, (saved, group) in enumerate(zip(saved_groups, groups)):
+                saved = {**{k: group[k] for k in _checks.PRECISION_DEFAULTS if k not in saved}, **saved}
+                try:
+                    check_precision({**saved, "params": group["params"]})
+                except (ValueError, TypeError) as exc:
+                    raise type(exc)(f"state_dict['param_groups'][{i}]: {exc}") from None
+                filled.append(saved)
+            saved_groups = filled
+            state_dict = {**state_dict, "param_groups": filled}
+        converted = []
         for saved, group in zip(saved_groups, groups):
+            mode = saved.get("state_dtype")
             for saved_id, p in zip(saved["params"], group["params"]):
                 entry = saved_state.get(saved_id)
                 if p.dtype not in HALF_DTYPES or not isinstance(entry, dict):
@@ -645,8 +784,8 @@ class EngineOptimizer(Optimizer):
                 for key, value in entry.items():
                     if key != "step" and isinstance(value, torch.Tensor):
                         name = f"state_dict['state'][{saved_id!r}][{key!r}]"
-                        widened.append((p, key, converted_state(value, p, name)))
-        return widened
+                        converted.append((p, key, converted_state(value, p, name, mode, convert)))
+        return state_dict, converted
 
     # -- the step ---------------------------------------------------------------------------------------
 

@@ -15,7 +15,9 @@ from ._engine import (
     ParamsT,
     Plan,
     Tables,
+    check_options,
     check_tensor,
+    group_seed,
     increment_version,
     scalar,
     step_dtype,
@@ -41,13 +43,16 @@ class Adagrad(EngineOptimizer):
     PyTorch computes ``G`` with a fused multiply-add, so results agree within a tolerance, not bitwise.
 
     **16-bit params** (``torch.float16``, ``torch.bfloat16``, dense or sparse grads, in any group beside
-    float32 ones) keep a **float32** ``state[p]["sum"]``: each step widens the param and its grad to
-    float32, runs the rule above in float32 and rounds the param back once, to nearest even (the rules
-    page, "16-bit params"); bit for bit ``cadagrad.reference.Adagrad`` on the same 16-bit arrays. This
-    differs from torch.optim.Adagrad, whose state has the param's dtype: the accumulator takes twice the
-    param's memory (one float32 per row with ``rowwise``), and ``load_state_dict`` keeps it float32,
-    widening a torch.optim checkpoint's float16/bfloat16 state exactly and refusing any other dtype
-    (naming the entry). A grad must have its param's dtype.
+    float32 ones): each step widens the param and its grad to float32, runs the rule above in float32 and
+    rounds the param back once (the rules page, "16-bit params"); bit for bit ``cadagrad.reference.Adagrad``
+    with the same ``state_dtype``, ``stochastic_rounding`` and ``seed`` on the same 16-bit arrays. Per
+    param group: with ``state_dtype=None`` ``state[p]["sum"]`` is **float32** (twice the param's memory,
+    one float32 per row with ``rowwise``; torch.optim.Adagrad's has the param's dtype); with
+    ``state_dtype="param"`` it has the param's dtype, torch.optim's layout, rounded to nearest even at
+    every step. ``stochastic_rounding=True`` rounds the param stochastically, with the bits of
+    ``(seed, state[p]["step"], element)``. ``load_state_dict`` loads the groups' ``state_dtype`` and
+    converts the state to it by a documented rule (widened exactly to float32; float32 rounded to 16 bits
+    only with ``convert_state=True``; see :meth:`load_state_dict`). A grad must have its param's dtype.
 
     **Sparse grads** (``nn.Embedding`` / ``nn.EmbeddingBag`` with ``sparse=True``: COO tensors with one
     sparse dim, uncoalesced, duplicates, any nnz) update only the rows they name, as torch.optim does.
@@ -107,6 +112,17 @@ class Adagrad(EngineOptimizer):
         ``sqrt(G + eps)`` (Keras 3, optax) instead of ``sqrt(G) + eps`` (PyTorch). Not a torch.optim option.
     rowwise : bool, default False
         Row-wise AdaGrad (above); every param of the group must be 2-D. Fixed by the state's layout.
+    state_dtype : {None, "param"}, default None
+        The dtype of a float16/bfloat16 param's accumulator: float32 (None) or the param's own (2 bytes
+        per element instead of 4). Other params keep their dtype. Not a torch.optim option.
+    stochastic_rounding : bool, default False
+        Round float16/bfloat16 params stochastically instead of to nearest, so that updates smaller than
+        half a unit in the last place are kept in expectation. Refused for a group without such a param
+        (naming the group). Not a torch.optim option.
+    seed : int or None, default None
+        The generator's seed (0 to 2**64 - 1). None with ``stochastic_rounding`` draws one per group when
+        the group is created (``secrets.randbits(64)``) and stores it in the group, so that
+        ``state_dict()`` records it and a resumed run is bit for bit an uninterrupted one.
     num_threads : int or None, default None
         Threads of a large step; None asks ``cadagrad.get_num_threads()`` at every step.
 
@@ -132,6 +148,7 @@ class Adagrad(EngineOptimizer):
     _accepts_16_bit = True
     _extra_defaults: dict[str, Any] = {
         **EngineOptimizer._extra_defaults, "eps_inside_sqrt": False, "rowwise": False,
+        **_checks.PRECISION_DEFAULTS,
     }
 
     def __init__(
@@ -149,8 +166,12 @@ class Adagrad(EngineOptimizer):
         fused: bool | None = None,
         eps_inside_sqrt: bool = False,
         rowwise: bool = False,
+        state_dtype: str | None = None,
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
         num_threads: int | None = None,
     ) -> None:
+        check_options(state_dtype, stochastic_rounding, seed)
         _checks.adagrad_hyperparameters(
             lr=scalar(lr), lr_decay=lr_decay, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value, eps=eps, eps_inside_sqrt=eps_inside_sqrt,
@@ -168,6 +189,9 @@ class Adagrad(EngineOptimizer):
             "fused": fused,
             "eps_inside_sqrt": eps_inside_sqrt,
             "rowwise": rowwise,
+            "state_dtype": state_dtype,
+            "stochastic_rounding": stochastic_rounding,
+            "seed": seed,
         }
         super().__init__(params, defaults, num_threads)
         # As torch.optim.Adagrad: every param has a state from the start (step 0, sum filled).
@@ -177,7 +201,7 @@ class Adagrad(EngineOptimizer):
             for p in group["params"]:
                 state = self.state[p]
                 state["step"] = torch.tensor(0.0, dtype=dtype)
-                state["sum"] = self._new_state(p, init, group["rowwise"])
+                state["sum"] = self._new_state(p, init, group["rowwise"], mode=group["state_dtype"])
 
     def _check_group(self, index: int, group: dict) -> None:
         rowwise = _checks.check_flag(group.get("rowwise", False), f"param_groups[{index}]['rowwise']")
@@ -189,7 +213,8 @@ class Adagrad(EngineOptimizer):
                 )
 
     def _structure(self, group: dict) -> object:
-        return bool(group["rowwise"])
+        # The state's layout and dtype, and whether the group rounds stochastically (checked at builds).
+        return bool(group["rowwise"]), group["state_dtype"], bool(group["stochastic_rounding"])
 
     def _hyperparameters(self, index: int, group: dict) -> tuple:
         if group.get("differentiable"):
@@ -204,7 +229,7 @@ class Adagrad(EngineOptimizer):
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"param_groups[{index}]: {exc}") from None
         return (checked["lr"], checked["lr_decay"], checked["weight_decay"], checked["eps"],
-                checked["eps_inside_sqrt"], checked["maximize"])
+                checked["eps_inside_sqrt"], checked["maximize"], group_seed(index, group))
 
     def _build_plan(self, index: int, group: dict, with_grad: list[torch.Tensor], kinds: list[bool],
                     flag: object) -> Plan:
@@ -212,7 +237,8 @@ class Adagrad(EngineOptimizer):
         for p, label in zip(with_grad, labels):
             check_tensor(p, label, half=True)
         self._check_group(index, group)
-        rowwise = bool(flag)
+        self._check_rounding_params(index, group)
+        rowwise, mode, _ = flag
         init = _checks.check_number(group["initial_accumulator_value"], "initial_accumulator_value")
         plan = Plan(group, with_grad, kinds, flag)
         sums: list[State] = []
@@ -221,13 +247,13 @@ class Adagrad(EngineOptimizer):
             state = self.state[p]
             if "sum" not in state:                     # a param added after construction
                 state["step"] = torch.tensor(0.0, dtype=step_dtype())
-                state["sum"] = self._new_state(p, init, rowwise)
+                state["sum"] = self._new_state(p, init, rowwise, mode=mode)
             if "step" not in state:
                 raise ValueError(f"state of {label}: has 'sum' but no 'step'")
             step = float(scalar(state["step"]))
             if not (step >= 0 and step.is_integer()):
                 raise ValueError(f"state of {label}['step']: expected a whole number >= 0, got {step}")
-            tensor, buffer = self._state_buffer(p, state["sum"], label, init, rowwise)
+            tensor, buffer = self._state_buffer(p, state["sum"], label, init, rowwise, mode=mode)
             state["sum"] = tensor
             sums.append(buffer)
             counts.append(int(step))
@@ -240,14 +266,14 @@ class Adagrad(EngineOptimizer):
             chosen = [dense[d] for d in positions]
             cohort = Cohort(
                 positions, [with_grad[i] for i in chosen], [labels[i] for i in chosen],
-                [sums[i] for i in chosen], step, rowwise=rowwise,
+                [sums[i] for i in chosen], step, rowwise=rowwise, mode=mode,
             )
             cohort.steps = np.full(len(positions), step, dtype=dtype)
             self._share_steps(cohort.steps, [with_grad[i] for i in chosen])
             plan.cohorts.append(cohort)
         if sparse:
             tables = Tables([with_grad[i] for i in sparse], [labels[i] for i in sparse],
-                            [sums[i] for i in sparse], rowwise)
+                            [sums[i] for i in sparse], rowwise, mode=mode)
             tables.steps = np.array([counts[i] for i in sparse], dtype=dtype)
             self._share_steps(tables.steps, [with_grad[i] for i in sparse])
             plan.tables = tables
@@ -259,21 +285,15 @@ class Adagrad(EngineOptimizer):
             plan.steps.append(state["step"])
         return plan
 
-    def _share_steps(self, steps: np.ndarray, params: list[torch.Tensor]) -> None:
-        """Make ``state[p]["step"]`` of ``params`` views of ``steps`` (one write counts them all)."""
-        views = torch.from_numpy(steps)
-        for k, p in enumerate(params):
-            self.state[p]["step"] = views[k]
-
     def _run(self, plan: Plan, arrays: list[np.ndarray], hyper: tuple, threads: int) -> None:
-        lr, lr_decay, weight_decay, eps, inside, maximize = hyper
+        lr, lr_decay, weight_decay, eps, inside, maximize, seed = hyper
         for cohort in plan.cohorts:
             engine = cohort.engine
             if cohort.pending:
                 cohort.ready(self._cohort_grads(plan, cohort, arrays))
             engine.adagrad(
                 self._cohort_grads(plan, cohort, arrays), lr, lr_decay, weight_decay, eps, inside, maximize,
-                threads,
+                threads, False, seed if cohort.half else None,
             )
             cohort.steps.fill(engine.steps)
             increment_version(cohort.tensors)
@@ -291,7 +311,7 @@ class Adagrad(EngineOptimizer):
 
     def _run_tables(self, plan: Plan, rows: list[tuple[np.ndarray, np.ndarray]], batch: list[int],
                     hyper: tuple, threads: int) -> None:
-        lr, lr_decay, weight_decay, eps, inside, maximize = hyper
+        lr, lr_decay, weight_decay, eps, inside, maximize, seed = hyper
         tables = plan.tables
         engine = tables.engine
         steps = tables.steps
@@ -300,7 +320,7 @@ class Adagrad(EngineOptimizer):
         tables.ready(batch, indices)
         bad = engine.adagrad_rows_many(
             indices, [rows[j][1] for j in batch], batch, False, lr, lr_decay, weight_decay, eps, inside,
-            maximize, threads,
+            maximize, threads, seed if tables.half else None,
         )
         if bad >= 0:
             raise tables.refused(batch, indices, bad)
