@@ -622,3 +622,23 @@ def test_cadagrad_step_rows_and_the_adapter_agree_on_an_embedding_bag():
         twin.step_rows(bag.weight.grad._indices()[0].numpy(), bag.weight.grad._values().numpy())
         opt.step()
     assert_bitwise_equal(bag.weight.detach().numpy(), table)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: ct.SGD(ps, lr=0.5),
+    lambda ps: ct.SGD(ps, lr=0.5, momentum=0.9, lazy_momentum=True),
+    lambda ps: ct.SGD(ps, lr=0.5, stochastic_rounding=False, state_dtype="param"),
+    lambda ps: ct.Adagrad(ps, lr=0.5),
+])
+def test_tables_that_take_turns_having_a_grad_each_get_their_own(make):
+    """A step whose params with grads differ from the last step's, in the same number and layout, must
+    not reuse the last step's plan (which would step one table with another's grad)."""
+    a = torch.zeros((9, 1), requires_grad=True)
+    b = torch.zeros((9, 2), requires_grad=True)
+    opt = make([a, b])
+    for table, other in ((b, a), (a, b), (b, a)):
+        other.grad = None
+        table.grad = torch.sparse_coo_tensor(torch.tensor([[3]]), torch.ones((1, table.shape[1])), table.shape)
+        opt.step()
+    assert torch.count_nonzero(a).item() == 1 and torch.count_nonzero(b).item() == 2
+    assert a[3, 0] < 0 and torch.all(b[3] < 0)

@@ -808,7 +808,7 @@ class EngineOptimizer(Optimizer):
                 for d, entry in zip(plan.dicts, plan.entries2):
                     if d.get(key2) is not entry:
                         return False
-        elif plan.flag:
+        elif plan.dicts:        # (the plan keeps each param's state dict: zip must not run short)
             for p, q, ptr, d, entry in zip(with_grad, plan.params, plan.ptrs, plan.dicts, plan.entries):
                 if p is not q or p.data_ptr() != ptr:
                     return False
