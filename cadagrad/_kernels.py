@@ -15,16 +15,16 @@ from types import ModuleType
 
 from . import _kernels_generic
 
-# Widest first, with the CPU feature each one needs.
-_VARIANTS = (("avx512", "avx512"), ("avx2", "avx2"), ("generic", None))
+# Widest first, with the CPU features each one needs (the avx2 and avx512 variants are built with -mf16c).
+_VARIANTS = (("avx512", ("avx512", "f16c")), ("avx2", ("avx2", "f16c")), ("generic", ()))
 
 
 def available_variants() -> dict[str, ModuleType]:
     """The kernel variants that were built and that this CPU can run, widest first."""
     features = _kernels_generic.cpu_features()
     found = {}
-    for isa, feature in _VARIANTS:
-        if feature is not None and not features[feature]:
+    for isa, needs in _VARIANTS:
+        if not all(features[feature] for feature in needs):
             continue
         try:
             found[isa] = importlib.import_module(f"{__package__}._kernels_{isa}")
