@@ -165,7 +165,15 @@ def check_states(states: object, params: list[np.ndarray], single: bool, name: s
         label = lambda i: f"{name}[{i}]"  # noqa: E731
     param_label = "params" if single else "params[{}]"
     for i, (state, param) in enumerate(zip(arrays, params)):
-        check_like(state, param, label(i), param_label.format(i), writable=True)
+        if is_16_bit(param.dtype):          # float32 state (only memory_ceiling takes 16-bit params here)
+            state = check_float_array(state, label(i), writable=True)
+            if state.dtype != np.float32 or state.shape != param.shape:
+                raise TypeError(
+                    f"{label(i)}: expected float32 of shape {param.shape} (the state of "
+                    f"{param_label.format(i)}), got {state.dtype} of shape {state.shape}"
+                )
+        else:
+            check_like(state, param, label(i), param_label.format(i), writable=True)
     every = [(_byte_range(a), f"params[{i}]" if not single else "params") for i, a in enumerate(params)]
     every += [(_byte_range(a), label(i)) for i, a in enumerate(arrays)]
     clash = _first_overlap(every)
