@@ -64,40 +64,35 @@ cdef enum:
 
 
 cdef inline void _widen_params(float* out, const half_param* p, Py_ssize_t n) noexcept nogil:
-    # bfloat16: a shift, vectorized by GCC (checked with -fopt-info-vec-optimized: vpmovzxwd + vpslld,
-    # 32-byte vectors in the avx2 build). float16: cg_widen_f16_n (F16C intrinsics where built with them).
-    cdef Py_ssize_t i
+    # No loop here: the C block helpers of _platform.pxi, written with intrinsics in the avx2 and avx512
+    # variants (F16C for float16; bfloat16's shift as vpmovzxwd + vpslld, 16 values per zmm in avx512,
+    # where GCC's own vectorization stayed at ymm without AVX512BW) and vectorized by GCC in generic.
     if half_param is cg_f16:
         cg_widen_f16_n(out, <const unsigned short*>p, n)
     else:
-        for i in range(n):
-            out[i] = _widen(p, i)
+        cg_widen_bf16_n(out, <const unsigned short*>p, n)
 
 
 cdef inline const float* _widened_grads(float* out, const half_grad* grad, Py_ssize_t n) noexcept nogil:
     # The block's grads as float32: a float32 grad as it is, a 16-bit one widened into out (as
     # _widen_params, whose vectorization notes hold here).
-    cdef Py_ssize_t i
     if half_grad is float:
         return grad
     elif half_grad is cg_f16:
         cg_widen_f16_n(out, <const unsigned short*>grad, n)
         return out
     else:
-        for i in range(n):
-            out[i] = _grad32(grad, i)
+        cg_widen_bf16_n(out, <const unsigned short*>grad, n)
         return out
 
 
 cdef inline void _store_params(half_param* p, const float* wide, Py_ssize_t n) noexcept nogil:
-    # bfloat16: the integer rounding of cg_f32_to_bf16, vectorized by GCC (checked as _widen_params:
-    # vpaddd/vpsrld and a masked blend for NaN). float16: cg_round_f16_n (F16C where built with it).
-    cdef Py_ssize_t i
+    # No loop here: the C block helpers (F16C vcvtps2ph for float16; for bfloat16 one blend and one
+    # narrowing per 16 values, where GCC's vectorization of cg_f32_to_bf16 took ~45 instructions).
     if half_param is cg_f16:
         cg_round_f16_n(<unsigned short*>p, wide, n)
     else:
-        for i in range(n):
-            _store_rounded(p, i, wide[i])
+        cg_round_bf16_n(<unsigned short*>p, wide, n)
 
 
 cdef void _adagrad_span_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t n,
