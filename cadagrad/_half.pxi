@@ -1,7 +1,7 @@
 # 16-bit params (the rules page, "16-bit params"): float16 or bfloat16 params with float32 state. Each
 # element is widened to float32 (p, and the grad unless it is float32 already), stepped by the float32
 # formulas above (the same inline helpers, so the same operation order), and rounded back once to
-# nearest even by the integer helpers of _platform.pxi. The params are read and written as 16-bit
+# nearest even by the helpers of _platform.pxi (integer code, or F16C for float16 where built with it). The params are read and written as 16-bit
 # values in place: no float32 copy of them exists.
 #
 # The two 16-bit formats are two struct types (one 16-bit field each) in a fused type, so each loop is
@@ -59,8 +59,14 @@ cdef inline float _grad32(const half_grad* grad, Py_ssize_t i) noexcept nogil:
 
 cdef enum:
     # Elements per block of a dense 16-bit step: the block's params and grads widened into two float32
-    # stack buffers (4 KiB in all, in L1), not a float32 copy of the params in memory.
-    HALF_BLOCK = 512
+    # stack buffers, stepped by the float32 span, rounded back. Small, so that the next block's widening
+    # and the previous block's rounding sit in the core's out-of-order window beside this block's
+    # divisions and square roots (the step's bottleneck once the traffic is 16-bit): measured at 2^24,
+    # 1 thread, avx512 variant, interleaved, against a float32 step: bfloat16 1.06x with 512, 0.88x
+    # with 128, 0.86x with 64, 1.38x with 32 (the span's per-call cost and vector epilogue take over).
+    HALF_BLOCK = 64
+    # Columns up to which a row-wise row is widened whole into stack buffers (_adagrad_rowwise_rows_16).
+    HALF_ROW_BLOCK = 512
 
 
 cdef inline void _widen_params(float* out, const half_param* p, Py_ssize_t n) noexcept nogil:
@@ -98,10 +104,12 @@ cdef inline void _store_params(half_param* p, const float* wide, Py_ssize_t n) n
 cdef void _adagrad_span_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t n,
                            const AdagradArgs* a) noexcept nogil:
     # Block by block: widen, _adagrad_span itself on float32 (the same loop and bits as for float32
-    # params), round back. Each of the three loops vectorizes on its own; a single fused loop with the
-    # conversions inside did not (GCC left its flag and format tests as branches around the float
-    # operations, which it does not if-convert because they may trap). A grad that is its param is
-    # widened, a block at a time, before that block of p is written.
+    # params), round back. Checked: _adagrad_span's loop vectorizes (zmm in the avx512 build, -fopt-info)
+    # and the conversions are the intrinsics of _platform.pxi. A single fused loop, with the flags
+    # hoisted and the format a fused type, did vectorize (GCC 12, avx512 and avx2 builds) but its
+    # conversions stayed in ymm with per-operand narrowing and a bfloat16 step ran at 2.2x to 5x the
+    # time of 512-element blocks at 2^24 (avx2 and avx512 builds), so it was dropped. A grad that is its param is widened, a
+    # block at a time, before that block of p is written.
     cdef float wide_p[HALF_BLOCK]
     cdef float wide_g[HALF_BLOCK]
     cdef Py_ssize_t lo = 0, m
@@ -116,12 +124,12 @@ cdef void _adagrad_span_16(half_param* p, const half_grad* grad, float* G, Py_ss
 cdef void _adagrad_rowwise_rows_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t rows,
                                    Py_ssize_t cols, const AdagradArgs* a) noexcept nogil:
     # _adagrad_rowwise_rows on widened values: the row's mean of g * g (left to right), then one d. A
-    # row of at most HALF_BLOCK columns is widened once into the block buffers (the vectorized helpers
+    # row of at most HALF_ROW_BLOCK columns is widened once into the block buffers (the vectorized helpers
     # of _widen_params and _store_params) and stepped by _adagrad_rowwise_rows itself, whose second loop
     # vectorizes (its first is a left-to-right float sum, which stays scalar without reassociation);
     # a wider row widens each element twice, in the scalar loops below.
-    cdef float wide_p[HALF_BLOCK]
-    cdef float wide_g[HALF_BLOCK]
+    cdef float wide_p[HALF_ROW_BLOCK]
+    cdef float wide_g[HALF_ROW_BLOCK]
     cdef float clr = <float>a.clr
     cdef float wd = <float>a.weight_decay
     cdef float eps = <float>a.eps
@@ -130,7 +138,7 @@ cdef void _adagrad_rowwise_rows_16(half_param* p, const half_grad* grad, float* 
     cdef float g, d, total, w
     cdef Py_ssize_t r, j
     for r in range(rows):
-        if cols <= HALF_BLOCK:
+        if cols <= HALF_ROW_BLOCK:
             _widen_params(wide_p, p, cols)
             _adagrad_rowwise_rows(wide_p, _widened_grads(wide_g, grad, cols), G + r, 1, cols, a)
             _store_params(p, wide_p, cols)
