@@ -101,24 +101,65 @@ cdef inline void _store_params(half_param* p, const float* wide, Py_ssize_t n) n
         cg_round_bf16_n(<unsigned short*>p, wide, n)
 
 
-cdef void _adagrad_span_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t n,
-                           const AdagradArgs* a) noexcept nogil:
-    # Block by block: widen, _adagrad_span itself on float32 (the same loop and bits as for float32
-    # params), round back. Checked: _adagrad_span's loop vectorizes (zmm in the avx512 build, -fopt-info)
-    # and the conversions are the intrinsics of _platform.pxi. A single fused loop, with the flags
-    # hoisted and the format a fused type, did vectorize (GCC 12, avx512 and avx2 builds) but its
-    # conversions stayed in ymm with per-operand narrowing and a bfloat16 step ran at 2.2x to 5x the
-    # time of 512-element blocks at 2^24 (avx2 and avx512 builds), so it was dropped. A grad that is its param is widened, a
-    # block at a time, before that block of p is written.
+cdef inline void _adagrad_span_16_as(half_param* p, const half_grad* grad, float* G, Py_ssize_t n,
+                                     const AdagradArgs* a, bint maximize, bint has_wd,
+                                     bint inside) noexcept nogil:
+    # Called only with literal flags (see _adagrad_span_16). Block by block: widen, the float32 rule
+    # (_adagrad_span's loop, the same helpers in the same order, so the same bits), round back.
+    # Checked (GCC 12, -fopt-info-vec-optimized, avx2 and avx512 builds): in all 8 flag cases the inner
+    # loop vectorizes (32-byte vectors in avx2, 64-byte in avx512, each with a half-width epilogue),
+    # with no runtime alias check for a 16-bit grad (p and grad are then this function's stack buffers;
+    # a float32 grad is read in place, behind one alias check per block); the outer loop is not, and
+    # need not be, vectorized; the conversions are the intrinsics of _platform.pxi. Calling
+    # _adagrad_span itself per 64-element block paid its flag dispatch and alias checks per block:
+    # bfloat16 at 2^24, avx512, 0.86x a float32 step that way, 0.81x this way (interleaved medians). A single fused loop (widen, rule,
+    # round per element, the format a fused type) did vectorize but its conversions stayed in ymm with
+    # per-operand narrowing, and a bfloat16 step ran at 2.2x to 5x the time of 512-element blocks at
+    # 2^24 (avx2 and avx512 builds), so it was dropped. A grad that is its param is widened, a block at
+    # a time, before that block of p is written.
     cdef float wide_p[HALF_BLOCK]
     cdef float wide_g[HALF_BLOCK]
-    cdef Py_ssize_t lo = 0, m
+    cdef const float* g32
+    cdef float clr = <float>a.clr
+    cdef float wd = <float>a.weight_decay
+    cdef float eps = <float>a.eps
+    cdef float g
+    cdef float* S
+    cdef Py_ssize_t lo = 0, m, i
     while lo < n:
         m = min(<Py_ssize_t>HALF_BLOCK, n - lo)
         _widen_params(wide_p, p + lo, m)
-        _adagrad_span(wide_p, _widened_grads(wide_g, grad + lo, m), G + lo, m, a)
+        g32 = _widened_grads(wide_g, grad + lo, m)
+        S = G + lo
+        for i in range(m):
+            g = _effective_grad(g32[i], wide_p[i], maximize, has_wd, wd)
+            S[i] = S[i] + g * g
+            wide_p[i] = _adagrad_new_param(wide_p[i], g, clr, _adagrad_denominator(S[i], eps, inside))
         _store_params(p + lo, wide_p, m)
         lo += m
+
+
+cdef void _adagrad_span_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t n,
+                           const AdagradArgs* a) noexcept nogil:
+    if a.maximize:
+        if a.has_weight_decay:
+            if a.eps_inside_sqrt:
+                _adagrad_span_16_as(p, grad, G, n, a, True, True, True)
+            else:
+                _adagrad_span_16_as(p, grad, G, n, a, True, True, False)
+        elif a.eps_inside_sqrt:
+            _adagrad_span_16_as(p, grad, G, n, a, True, False, True)
+        else:
+            _adagrad_span_16_as(p, grad, G, n, a, True, False, False)
+    elif a.has_weight_decay:
+        if a.eps_inside_sqrt:
+            _adagrad_span_16_as(p, grad, G, n, a, False, True, True)
+        else:
+            _adagrad_span_16_as(p, grad, G, n, a, False, True, False)
+    elif a.eps_inside_sqrt:
+        _adagrad_span_16_as(p, grad, G, n, a, False, False, True)
+    else:
+        _adagrad_span_16_as(p, grad, G, n, a, False, False, False)
 
 
 cdef void _adagrad_rowwise_rows_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t rows,
