@@ -246,12 +246,14 @@ cdef void _ceiling_span_16(half_param* p, const half_grad* grad, float* state, P
     # state) with the widening and rounding a real step pays, and an addition or two per store: the
     # step's blocks (_widen_params, _widened_grads, _store_params), with _ceiling_span on the widened
     # block. Before this used the blocks, its float16 loop with state stayed scalar (GCC 12: "no vectype"
-    # for the widened load) and ran at 10x a float32 step.
-    cdef float wide_p[HALF_BLOCK]
-    cdef float wide_g[HALF_BLOCK]
+    # for the widened load) and ran at 10x a float32 step. The blocks are those of the step it stands
+    # beside: HALF_BLOCK with state, HALF_SGD_BLOCK without (SGD without momentum).
+    cdef float wide_p[HALF_SGD_BLOCK]
+    cdef float wide_g[HALF_SGD_BLOCK]
+    cdef Py_ssize_t block = HALF_SGD_BLOCK if state == NULL else HALF_BLOCK
     cdef Py_ssize_t lo = 0, m
     while lo < n:
-        m = min(<Py_ssize_t>HALF_BLOCK, n - lo)
+        m = min(block, n - lo)
         _widen_params(wide_p, p + lo, m)
         _ceiling_span(wide_p, _widened_grads(wide_g, grad + lo, m), state + lo if state != NULL else NULL, m)
         _store_params(p + lo, wide_p, m)
