@@ -1,7 +1,8 @@
 """The compiled kernels, in the variant that suits this CPU.
 
 setup.py builds one module per instruction set (``_kernels_generic``, ``_kernels_avx2``,
-``_kernels_avx512``); this module imports the widest one that the CPU runs and that was built, once.
+``_kernels_avx512``); this module imports the widest one that the CPU runs and that was built, once (the
+avx2 and avx512 variants also need F16C, which they use for float16 params).
 Every variant gives the same bits. ``CADAGRAD_ISA=generic|avx2|avx512`` at import forces a variant
 (one the CPU cannot run, or that was not built, is an ImportError).
 """
