@@ -36,8 +36,9 @@ KERNEL_SOURCES = [
 ]
 ISA_FLAGS = {
     "generic": [],
-    "avx2": ["-mavx2"],
-    "avx512": ["-mavx512f", "-mavx512vl", "-mprefer-vector-width=512"],
+    # -mf16c: float16 params convert with vcvtph2ps/vcvtps2ph (cadagrad._kernels checks the CPU for it).
+    "avx2": ["-mavx2", "-mf16c"],
+    "avx512": ["-mavx512f", "-mavx512vl", "-mf16c", "-mprefer-vector-width=512"],
 }
 # OpenMP flags to try, in order, as (compile, link): GCC and LLVM clang; then Apple's clang, whose driver
 # refuses -fopenmp, with libomp (Homebrew's: its include and lib directories come from CPPFLAGS and LDFLAGS,

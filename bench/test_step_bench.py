@@ -2,7 +2,8 @@
 
 The same cases as ``python -m cadagrad bench`` (built by cadagrad.bench, so both measure the same
 thing): each group holds cadagrad, the ceiling kernel with the same memory traffic, the NumPy reference
-and torch's fused/foreach optimizers when torch is installed. Compare within a group: these machines are
+and torch's fused/foreach optimizers when torch is installed; a float16/bfloat16 group also the same
+rule on float32 buffers of its size. Compare within a group: these machines are
 shared and noisy, so ratios of one run are what count.
 """
 
@@ -16,10 +17,16 @@ import pytest
 import cadagrad
 from cadagrad import bench
 
-IMPLEMENTATIONS = ["cadagrad", "checked", "ceiling", "reference", "torch fused", "torch foreach"]
+# "float32": for a float16/bfloat16 case, the same rule on float32 buffers of the same size.
+IMPLEMENTATIONS = ["cadagrad", "checked", "ceiling", "float32", "reference", "torch fused", "torch foreach"]
 DENSE = [
     bench.Case(algorithm, np.dtype(dtype), 1, size, cadagrad.get_num_threads())
     for algorithm, dtype, size in itertools.product(bench.ALGORITHMS, (np.float32, np.float64), bench.QUICK_SIZES)
+] + [
+    bench.Case(algorithm, dtype, 1, size, cadagrad.get_num_threads())
+    for algorithm, dtype, size in itertools.product(
+        bench.HALF_ALGORITHMS, bench.HALF_DTYPES, bench.QUICK_SIZES
+    )
 ] + [
     bench.Case(algorithm, np.dtype(np.float32), *bench.MANY_TENSORS, cadagrad.get_num_threads())
     for algorithm in bench.ALGORITHMS
@@ -34,6 +41,7 @@ def test_dense_step(benchmark, case, impl):
         pytest.skip(f"{impl} is not available here")
     benchmark.group = case.label
     benchmark.extra_info["bytes_per_step"] = case.bytes_per_step()
+    benchmark.extra_info["bytes_per_element"] = case.bytes_per_element()
     benchmark(steps[impl])
 
 

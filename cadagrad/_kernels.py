@@ -1,7 +1,8 @@
 """The compiled kernels, in the variant that suits this CPU.
 
 setup.py builds one module per instruction set (``_kernels_generic``, ``_kernels_avx2``,
-``_kernels_avx512``); this module imports the widest one that the CPU runs and that was built, once.
+``_kernels_avx512``); this module imports the widest one that the CPU runs and that was built, once (the
+avx2 and avx512 variants also need F16C, which they use for float16 params).
 Every variant gives the same bits. ``CADAGRAD_ISA=generic|avx2|avx512`` at import forces a variant
 (one the CPU cannot run, or that was not built, is an ImportError).
 """
@@ -15,16 +16,16 @@ from types import ModuleType
 
 from . import _kernels_generic
 
-# Widest first, with the CPU feature each one needs.
-_VARIANTS = (("avx512", "avx512"), ("avx2", "avx2"), ("generic", None))
+# Widest first, with the CPU features each one needs (the avx2 and avx512 variants are built with -mf16c).
+_VARIANTS = (("avx512", ("avx512", "f16c")), ("avx2", ("avx2", "f16c")), ("generic", ()))
 
 
 def available_variants() -> dict[str, ModuleType]:
     """The kernel variants that were built and that this CPU can run, widest first."""
     features = _kernels_generic.cpu_features()
     found = {}
-    for isa, feature in _VARIANTS:
-        if feature is not None and not features[feature]:
+    for isa, needs in _VARIANTS:
+        if not all(features[feature] for feature in needs):
             continue
         try:
             found[isa] = importlib.import_module(f"{__package__}._kernels_{isa}")

@@ -30,13 +30,16 @@ cdef extern from *:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
     }
+    static int cg_cpu_has_f16c(void) { __builtin_cpu_init(); return __builtin_cpu_supports("f16c"); }
     #else
     static int cg_cpu_has_avx2(void) { return 0; }
     static int cg_cpu_has_avx512(void) { return 0; }
+    static int cg_cpu_has_f16c(void) { return 0; }
     #endif
     """
     int cg_cpu_has_avx2() noexcept nogil
     int cg_cpu_has_avx512() noexcept nogil
+    int cg_cpu_has_f16c() noexcept nogil
 
 cdef extern from *:
     """
@@ -123,7 +126,7 @@ COMPILE_FLAGS = CG_COMPILE_FLAGS.decode()
 
 def cpu_features():
     """The instruction sets of this CPU that a kernel variant may need (checked with the OS's support)."""
-    return {"avx2": bool(cg_cpu_has_avx2()), "avx512": bool(cg_cpu_has_avx512())}
+    return {"avx2": bool(cg_cpu_has_avx2()), "avx512": bool(cg_cpu_has_avx512()), "f16c": bool(cg_cpu_has_f16c())}
 
 
 cdef extern from *:
@@ -227,18 +230,185 @@ cdef extern from *:
     float cg_bf16_to_f32(unsigned short b) noexcept nogil
     unsigned short cg_f32_to_bf16(float f) noexcept nogil
 
+cdef extern from *:
+    """
+    /* float16 <-> float32 for n values at a time: 8 per F16C instruction (16 with AVX-512F) in the
+       variants built with -mf16c (avx2, avx512; cadagrad._kernels picks them only on CPUs with F16C),
+       the portable helpers above elsewhere and for the last n % 8. GCC 12 does not vectorize a _Float16 conversion with F16C
+       alone (checked: scalar vcvtps2ph in the loop), hence the intrinsics. The hardware conversions
+       differ from NumPy's only for NaN (vcvtph2ps quiets a signalling NaN; vcvtps2ph quiets and keeps
+       the top 9 payload bits, NumPy keeps 10 and makes an all-zero payload 1): any group of 8 holding a
+       NaN is redone by the portable helper, so every value gets the bits of cg_f16_to_f32 and
+       cg_f32_to_f16. vcvtps2ph rounds to nearest even by its immediate, whatever MXCSR says; both
+       instructions convert subnormals exactly (DAZ is off, as every kernel assumes). */
+    #if defined(__F16C__) && defined(__AVX2__)
+    #include <immintrin.h>
+    #define CG_HAVE_F16C 1
+    static void cg_widen_f16_n(float* out, const uint16_t* in, Py_ssize_t n) {
+        const __m128i magnitude = _mm_set1_epi16(0x7fff), inf = _mm_set1_epi16(0x7c00);
+        Py_ssize_t i = 0, j;
+    #if defined(__AVX512F__)
+        /* 16 at a time (vcvtph2ps zmm is AVX-512F); the NaN test on 32-bit lanes (no AVX512BW) */
+        const __m512i magnitude32 = _mm512_set1_epi32(0x7fff), inf32 = _mm512_set1_epi32(0x7c00);
+        for (; i + 16 <= n; i += 16) {
+            __m256i h = _mm256_loadu_si256((const __m256i*)(in + i));
+            _mm512_storeu_ps(out + i, _mm512_cvtph_ps(h));
+            if (_mm512_cmpgt_epi32_mask(_mm512_and_si512(_mm512_cvtepu16_epi32(h), magnitude32), inf32)) {
+                for (j = i; j < i + 16; j++) out[j] = cg_f16_to_f32(in[j]);
+            }
+        }
+    #endif
+        for (; i + 8 <= n; i += 8) {
+            __m128i h = _mm_loadu_si128((const __m128i*)(in + i));
+            _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+            if (_mm_movemask_epi8(_mm_cmpgt_epi16(_mm_and_si128(h, magnitude), inf))) {
+                for (j = i; j < i + 8; j++) out[j] = cg_f16_to_f32(in[j]);
+            }
+        }
+        for (; i < n; i++) out[i] = cg_f16_to_f32(in[i]);
+    }
+    static void cg_round_f16_n(uint16_t* out, const float* in, Py_ssize_t n) {
+        Py_ssize_t i = 0, j;
+    #if defined(__AVX512F__)
+        for (; i + 16 <= n; i += 16) {
+            __m512 f = _mm512_loadu_ps(in + i);
+            _mm256_storeu_si256((__m256i*)(out + i), _mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT));
+            if (_mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q)) {
+                for (j = i; j < i + 16; j++) out[j] = cg_f32_to_f16(in[j]);
+            }
+        }
+    #endif
+        for (; i + 8 <= n; i += 8) {
+            __m256 f = _mm256_loadu_ps(in + i);
+            _mm_storeu_si128((__m128i*)(out + i), _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT));
+            if (_mm256_movemask_ps(_mm256_cmp_ps(f, f, _CMP_UNORD_Q))) {
+                for (j = i; j < i + 8; j++) out[j] = cg_f32_to_f16(in[j]);
+            }
+        }
+        for (; i < n; i++) out[i] = cg_f32_to_f16(in[i]);
+    }
+    #else
+    #define CG_HAVE_F16C 0
+    /* Vectorized by GCC (the helpers are branch-free). */
+    static void cg_widen_f16_n(float* out, const uint16_t* in, Py_ssize_t n) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) out[i] = cg_f16_to_f32(in[i]);
+    }
+    static void cg_round_f16_n(uint16_t* out, const float* in, Py_ssize_t n) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) out[i] = cg_f32_to_f16(in[i]);
+    }
+    #endif
+    """
+    const int CG_HAVE_F16C
+    void cg_widen_f16_n(float* out, const unsigned short* inp, Py_ssize_t n) noexcept nogil
+    void cg_round_f16_n(unsigned short* out, const float* inp, Py_ssize_t n) noexcept nogil
+
+cdef extern from *:
+    """
+    /* bfloat16 <-> float32 for n values at a time, with the integer rules of cg_bf16_to_f32 and
+       cg_f32_to_bf16 written as intrinsics: 16 values a step (AVX-512F: one zmm, narrowed by vpmovdw;
+       AVX2: two ymm, narrowed by vpackusdw + vpermq), the portable helpers for the rest and in the
+       generic variant. GCC's own vectorization of cg_f32_to_bf16 narrowed each operand of the NaN
+       select to 16 bits before selecting (four vpackusdw + vpermq per 16 values, about 45 instructions;
+       seen in perf annotate of the avx512 build): it made the rounding loop the most expensive part of a
+       bfloat16 step after the divisions. No float arithmetic here: the bits are those of the helpers for
+       every input, NaN payloads included. */
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    static void cg_widen_bf16_n(float* out, const uint16_t* in, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(in + i)));
+            _mm512_storeu_si512((void*)(out + i), _mm512_slli_epi32(h, 16));
+        }
+        for (; i < n; i++) out[i] = cg_bf16_to_f32(in[i]);
+    }
+    static void cg_round_bf16_n(uint16_t* out, const float* in, Py_ssize_t n) {
+        const __m512i one = _mm512_set1_epi32(1), half = _mm512_set1_epi32(0x7fff);
+        const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+        const __m512i sign = _mm512_set1_epi32(0x8000), quiet = _mm512_set1_epi32(0x7fc0);
+        Py_ssize_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m512i u = _mm512_loadu_si512((const void*)(in + i));
+            __m512i top = _mm512_srli_epi32(u, 16);
+            __m512i rounded = _mm512_srli_epi32(
+                _mm512_add_epi32(_mm512_add_epi32(u, half), _mm512_and_si512(top, one)), 16);
+            __m512i nan = _mm512_or_si512(_mm512_and_si512(top, sign), quiet);
+            __mmask16 is_nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, magnitude), inf);
+            _mm256_storeu_si256((__m256i*)(out + i),
+                                _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, is_nan, nan)));
+        }
+        for (; i < n; i++) out[i] = cg_f32_to_bf16(in[i]);
+    }
+    #elif defined(__AVX2__)
+    #include <immintrin.h>
+    static void cg_widen_bf16_n(float* out, const uint16_t* in, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(in + i)));
+            _mm256_storeu_si256((__m256i*)(out + i), _mm256_slli_epi32(h, 16));
+        }
+        for (; i < n; i++) out[i] = cg_bf16_to_f32(in[i]);
+    }
+    static inline __m256i cg_round_bf16_x8(__m256i u) {
+        const __m256i one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff);
+        const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+        const __m256i sign = _mm256_set1_epi32(0x8000), quiet = _mm256_set1_epi32(0x7fc0);
+        __m256i top = _mm256_srli_epi32(u, 16);
+        __m256i rounded = _mm256_srli_epi32(
+            _mm256_add_epi32(_mm256_add_epi32(u, half), _mm256_and_si256(top, one)), 16);
+        __m256i nan = _mm256_or_si256(_mm256_and_si256(top, sign), quiet);
+        __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, magnitude), inf);   /* both < 2^31 */
+        return _mm256_blendv_epi8(rounded, nan, is_nan);                              /* 0 .. 0xffff */
+    }
+    static void cg_round_bf16_n(uint16_t* out, const float* in, Py_ssize_t n) {
+        Py_ssize_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m256i lo = cg_round_bf16_x8(_mm256_loadu_si256((const __m256i*)(in + i)));
+            __m256i hi = cg_round_bf16_x8(_mm256_loadu_si256((const __m256i*)(in + i + 8)));
+            /* packus works per 128-bit lane: lo0 hi0 lo1 hi1, put back in order by the permute */
+            __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8);
+            _mm256_storeu_si256((__m256i*)(out + i), packed);
+        }
+        for (; i < n; i++) out[i] = cg_f32_to_bf16(in[i]);
+    }
+    #else
+    static void cg_widen_bf16_n(float* out, const uint16_t* in, Py_ssize_t n) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) out[i] = cg_bf16_to_f32(in[i]);
+    }
+    static void cg_round_bf16_n(uint16_t* out, const float* in, Py_ssize_t n) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) out[i] = cg_f32_to_bf16(in[i]);
+    }
+    #endif
+    """
+    void cg_widen_bf16_n(float* out, const unsigned short* inp, Py_ssize_t n) noexcept nogil
+    void cg_round_bf16_n(unsigned short* out, const float* inp, Py_ssize_t n) noexcept nogil
+
 
 def _round_to_16_bit(const float[::1] values, unsigned short[::1] out, bint bfloat16):
-    """Round float32 ``values`` into the bits of float16 (or bfloat16) ``out`` with the kernels' helper."""
-    cdef Py_ssize_t i
+    """Round float32 ``values`` into the bits of float16 (or bfloat16) ``out`` with the block helper that
+    the steps use (F16C for float16, AVX2/AVX-512 integer code for bfloat16, where this variant has them)."""
+    cdef Py_ssize_t n = values.shape[0]
+    if n == 0:
+        return
     with nogil:
-        for i in range(values.shape[0]):
-            out[i] = cg_f32_to_bf16(values[i]) if bfloat16 else cg_f32_to_f16(values[i])
+        if bfloat16:
+            cg_round_bf16_n(&out[0], &values[0], n)
+        else:
+            cg_round_f16_n(&out[0], &values[0], n)
 
 
 def _widen_16_bit(const unsigned short[::1] bits, float[::1] out, bint bfloat16):
-    """Widen the bits of float16 (or bfloat16) values into float32 ``out`` with the kernels' helper."""
-    cdef Py_ssize_t i
+    """Widen the bits of float16 (or bfloat16) values into float32 ``out`` with the block helper that the
+    steps use (as _round_to_16_bit)."""
+    cdef Py_ssize_t n = bits.shape[0]
+    if n == 0:
+        return
     with nogil:
-        for i in range(bits.shape[0]):
-            out[i] = cg_bf16_to_f32(bits[i]) if bfloat16 else cg_f16_to_f32(bits[i])
+        if bfloat16:
+            cg_widen_bf16_n(&out[0], &bits[0], n)
+        else:
+            cg_widen_f16_n(&out[0], &bits[0], n)

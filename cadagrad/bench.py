@@ -5,12 +5,16 @@ reports medians, so a noisy neighbour slows all of them alike. Columns of the de
 
 - ``median``: median time of one step of cadagrad;
 - ``spread``: the interquartile range of cadagrad's samples over their median;
-- ``GB/s``: bytes a step must move (reads and writes of params, grads and state) over that time;
+- ``B/elem``: bytes a step must move per element (reads and writes of params, grads and state: a 16-bit
+  param keeps float32 state);
+- ``GB/s``: those bytes over that time;
 - ``ceiling``: the ceiling kernel's time over cadagrad's. The ceiling moves exactly the same bytes of the
   same buffers with an addition or two per element: 1.0 means cadagrad runs at the memory limit, and a
   value above 1.0 can only come from noise;
 - ``check``: time of a step with ``skip_if_nonfinite=True`` over the plain step (the NaN/inf scan's
   cost: one more read of the grads); below 1.0 can only come from noise;
+- ``t/f32``: for a float16 or bfloat16 param, the step's time over that of the same rule on float32
+  buffers of the same size, timed in the same rounds (its bytes allow about 0.7 with state);
 - ``x ref``: speed-up over the NumPy reference (``cadagrad.reference``);
 - ``x fused``, ``x foreach``: speed-up over torch's fused / foreach optimizers on the same buffers
   (zero-copy ``torch.from_numpy``), when torch is importable.
@@ -35,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import bench_dlrm, reference
+from ._checks import HALF_DTYPES, state_dtype
 from ._threads import build_info, get_num_threads, set_num_threads
 from .functional import memory_ceiling
 from .optim import SGD, Adagrad
@@ -49,6 +54,10 @@ SPARSE_WIDTH, SPARSE_BATCH = 64, 4096                    # ... x 64 float32 colu
 ZIPF_EXPONENT = 1.2                                      # many duplicates, as real id streams have
 SAMPLE_SECONDS = 2e-3                                    # each sample repeats a step for about this long
 UNRELIABLE_SPREAD = 0.20                                 # a ratio's IQR / median above this: marked ~
+
+# float16 and bfloat16 params (float32 state): these rules, at every size (--quick: the largest only).
+HALF_ALGORITHMS = ("adagrad", "sgd")
+QUICK_HALF_ALGORITHMS = ("adagrad",)
 
 ALGORITHMS = {
     # name: (optimizer factory, reference factory, torch factory name, torch kwargs, has state)
@@ -198,10 +207,14 @@ class Case:
         shape = f"{self.tensors}x{self.size}" if self.tensors > 1 else f"2^{self.size.bit_length() - 1}"
         return f"{self.algorithm} {self.dtype.name} {shape}"
 
-    def bytes_per_step(self) -> int:
+    def bytes_per_element(self) -> int:
+        """Read p, g (and the state); write p (and the state). A 16-bit param's state is float32."""
         has_state = ALGORITHMS[self.algorithm][4]
-        arrays_moved = 5 if has_state else 3      # read p, g (and state); write p (and state)
-        return arrays_moved * self.dtype.itemsize * self.size * self.tensors
+        state_bytes = 2 * state_dtype(self.dtype).itemsize if has_state else 0
+        return 3 * self.dtype.itemsize + state_bytes
+
+    def bytes_per_step(self) -> int:
+        return self.bytes_per_element() * self.size * self.tensors
 
 
 @dataclass
@@ -221,6 +234,11 @@ def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], 
     grads = [(rng.standard_normal(case.size) * 1e-3).astype(case.dtype) for _ in range(case.tensors)]
     make, make_reference, torch_name, torch_kwargs, has_state = ALGORITHMS[case.algorithm]
     opt = make(params)
+    if case.dtype in HALF_DTYPES:
+        # The same rule on float32 buffers of the same size, timed in the same rounds (t/f32).
+        params32 = [p.astype(np.float32) for p in params]
+        grads32 = [g.astype(np.float32) for g in grads]
+        opt32 = make(params32)
     # The ceiling runs on the optimizer's own buffers: the same bytes at the same addresses (placement
     # alone moved a 2^24 step by 20% in tests of separately allocated buffers).
     states = (opt.sums if isinstance(opt, Adagrad) else opt.momentum_buffers) if has_state else None
@@ -230,11 +248,13 @@ def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], 
         "checked": lambda: opt.step(grads, skip_if_nonfinite=True),
         "ceiling": lambda: ceiling(grads),
     }
+    if case.dtype in HALF_DTYPES:
+        impls["float32"] = lambda: opt32.step(grads32)
     if with_reference:
         ref = make_reference(params)
         impls["reference"] = lambda: ref.step(grads)
     torch = _torch()
-    if torch is not None:
+    if torch is not None and case.dtype != HALF_DTYPES[1]:     # torch.from_numpy takes no ml_dtypes type
         tparams = [torch.from_numpy(p) for p in params]
         for p, g in zip(tparams, grads):
             p.grad = torch.from_numpy(g)
@@ -257,7 +277,8 @@ def measure(case: Case, *, repeats: int, with_reference: bool) -> Result:
     return Result(case, interleave(implementations(case, with_reference), repeats))
 
 
-COLUMNS = ("case", "threads", "median", "spread", "GB/s", "ceiling", "check", "x ref", "x fused", "x foreach")
+COLUMNS = ("case", "threads", "median", "spread", "B/elem", "GB/s", "ceiling", "check", "t/f32", "x ref",
+           "x fused", "x foreach")
 
 
 def format_row(result: Result, marks: Marks) -> list[str]:
@@ -268,9 +289,11 @@ def format_row(result: Result, marks: Marks) -> list[str]:
         str(result.case.threads),
         _format_time(t),
         f"{spread(s.times['cadagrad']):.0%}",
+        str(result.case.bytes_per_element()),
         f"{result.case.bytes_per_step() / t / 1e9:.1f}",
         marks.cell(label, "ceiling", s.ratio("ceiling", "cadagrad"), above=1.0),
         marks.cell(label, "check", s.ratio("checked", "cadagrad"), below=1.0),
+        marks.cell(label, "t/f32", s.ratio("cadagrad", "float32")),
         marks.cell(label, "x ref", s.ratio("reference", "cadagrad")),
         marks.cell(label, "x fused", s.ratio("torch fused", "cadagrad")),
         marks.cell(label, "x foreach", s.ratio("torch foreach", "cadagrad")),
@@ -284,12 +307,16 @@ def format_table(results: list[Result]) -> str:
     return "\n".join([table, *marks.notes()])
 
 
-def cases(sizes: tuple[int, ...], threads: list[int], many_tensors: bool) -> list[Case]:
+def cases(sizes: tuple[int, ...], threads: list[int], many_tensors: bool, quick: bool = False) -> list[Case]:
     out = []
     for n_threads in threads:
         for algorithm in ALGORITHMS:
             for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
                 out += [Case(algorithm, dtype, 1, size, n_threads) for size in sizes]
+        half_sizes = sizes[-1:] if quick else sizes
+        for algorithm in QUICK_HALF_ALGORITHMS if quick else HALF_ALGORITHMS:
+            for dtype in HALF_DTYPES:
+                out += [Case(algorithm, dtype, 1, size, n_threads) for size in half_sizes]
         if many_tensors:
             tensors, size = MANY_TENSORS
             out += [Case(a, np.dtype(np.float32), tensors, size, n_threads) for a in ALGORITHMS]
@@ -466,8 +493,9 @@ class Section:
 
 
 DENSE = Section(
-    "dense", "one step over whole tensors: sizes 2^10..2^26, float32/float64, 1,000 x 1,000 tensors",
-    cases=lambda s: cases(QUICK_SIZES if s.quick else FULL_SIZES, s.threads, s.many_tensors),
+    "dense", "one step over whole tensors: sizes 2^10..2^26, float32/float64, float16/bfloat16 params "
+    "(AdaGrad, SGD; --quick: AdaGrad at 2^22), 1,000 x 1,000 tensors",
+    cases=lambda s: cases(QUICK_SIZES if s.quick else FULL_SIZES, s.threads, s.many_tensors, s.quick),
     measure=lambda case, s: measure(case, repeats=s.repeats, with_reference=s.with_reference),
     report=lambda results, s: format_table(results),
 )

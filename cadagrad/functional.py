@@ -179,9 +179,11 @@ def memory_ceiling(
     Parameters
     ----------
     params : ndarray or sequence of ndarray
-        As for the steps; written.
+        As for the steps (float16 and bfloat16 too, as for :class:`cadagrad.Adagrad`: widened and rounded
+        back as a step does); written.
     states : ndarray or sequence of ndarray, optional
-        One state buffer per param (as ``sums``), for the traffic of a step with state; written.
+        One state buffer per param (as ``sums``; float32 for a 16-bit param), for the traffic of a step
+        with state; written.
     states2 : ndarray or sequence of ndarray, optional
         A second state buffer per param (as AdaGrad dual averaging's ``grad_sums``; needs ``states``):
         then the traffic is that rule's, reading grads and both states and writing both states and the
@@ -197,12 +199,14 @@ def memory_ceiling(
         only their headers, as an optimizer's step does.
     """
     threads = _checks.check_num_threads(num_threads)
-    arrays, single = _checks.check_params(params)
+    arrays, single = _checks.check_params(params, half=True)
     state_arrays = None if states is None else _checks.check_states(states, arrays, single, "states")
     second = None
     if states2 is not None:
         if state_arrays is None:
             raise ValueError("states2: needs states")
+        if any(_checks.is_16_bit(p.dtype) for p in arrays):
+            raise TypeError("states2: not for float16 or bfloat16 params (no 16-bit rule keeps two states)")
         second = _checks.check_second_states(states2, state_arrays, arrays, single, "states2", "states")
 
     def explain(grads: object) -> None:
@@ -211,7 +215,8 @@ def memory_ceiling(
         if second is not None:
             _checks.check_grads(grads, arrays, single, second)
 
-    engine = StepEngine(arrays, state_arrays, single, explain, 0, None, second)
+    kinds = [_checks.param_kind(p.dtype) for p in arrays]
+    engine = StepEngine(arrays, state_arrays, single, explain, 0, None, second, kinds)
     return lambda grads: engine.ceiling(grads, threads)
 
 
@@ -240,7 +245,7 @@ def rows_memory_ceiling(
         ValueError and nothing is written.
     """
     threads = _checks.check_num_threads(num_threads)
-    arrays, single = _checks.check_params(params)
+    arrays, single = _checks.check_params(params, half=True)
     state_arrays = None if states is None else _checks.check_states(states, arrays, single, "states")
     layout = [(p.size, p.dtype) for p in arrays]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import re
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -119,3 +120,39 @@ def test_memory_ceiling_with_two_states_moves_the_bytes_of_a_dual_averaging_step
     np.testing.assert_array_equal(p, 2 * g)          # written from the sum, never read
     with pytest.raises(ValueError, match="^states2: needs states"):
         memory_ceiling(p, states2=s2)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_memory_ceiling_of_a_16_bit_param_widens_adds_and_rounds_back(dtype):
+    p, s = np.full(100, 1.0, dtype), np.zeros(100, np.float32)
+    g = np.full(100, 0.5, dtype)
+    run = memory_ceiling(p, s)
+    run(g)
+    run(g.astype(np.float32))                  # a float32 grad, as for the steps
+    assert (p.astype(np.float32) == 2.0).all() and (s == 0.5).all()
+    narrow = np.zeros(100, dtype)                 # a 16-bit state (state_dtype="param") is widened too
+    memory_ceiling(p, narrow)(g)
+    assert (p.astype(np.float32) == 2.5).all() and (narrow.astype(np.float32) == 0.25).all()
+    with pytest.raises(TypeError, match="float32 or"):
+        memory_ceiling(p, np.zeros(100, np.float64))
+    with pytest.raises(TypeError, match="states2"):
+        memory_ceiling(p, s, states2=np.zeros(100, np.float32))
+
+
+def test_16_bit_dense_cases_count_their_bytes_and_time_a_float32_step_beside_them():
+    quick = bench.Settings(quick=True, threads=[1], repeats=1, with_reference=False, many_tensors=False)
+    half = [c for c in bench.DENSE.cases(quick) if c.dtype.itemsize == 2]
+    assert {(c.algorithm, c.dtype.name, c.size) for c in half} == {
+        ("adagrad", "float16", bench.QUICK_SIZES[-1]), ("adagrad", "bfloat16", bench.QUICK_SIZES[-1])
+    }
+    case = bench.Case("adagrad", np.dtype(ml_dtypes.bfloat16), 1, 1000, 1)
+    assert case.bytes_per_element() == 14        # p, g: 2 bytes; float32 state; p and state written
+    assert bench.Case("sgd", np.dtype(np.float16), 1, 1000, 1).bytes_per_element() == 6
+    assert bench.Case("adagrad", np.dtype(np.float32), 1, 1000, 1).bytes_per_element() == 20
+    steps = bench.implementations(case, with_reference=False)
+    assert {"cadagrad", "ceiling", "float32"} <= set(steps)
+    for step in steps.values():
+        step()
+    result = bench.Result(case, bench.interleave(steps, repeats=1))
+    row = bench.format_row(result, bench.Marks())
+    assert row[bench.COLUMNS.index("B/elem")] == "14" and row[bench.COLUMNS.index("t/f32")] != "-"

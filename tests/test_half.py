@@ -100,6 +100,28 @@ def test_rounding_helper_matches_numpy_and_ml_dtypes_bitwise(isa, dtype):
 
 @pytest.mark.parametrize("isa", list(_kernels.available_variants()))
 @pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("length", [1, 7, 8, 15, 16, 17, 65536 + 5])
+def test_block_helpers_keep_the_bits_of_a_nan_amid_other_values(isa, dtype, length):
+    """Every 16-bit value, shuffled so that each group of 8 or 16 that the SIMD helpers convert at once
+    mixes NaNs with other values (F16C quiets NaNs, so their groups are redone by the portable code),
+    and lengths that leave a tail; both directions, against NumPy and ml_dtypes."""
+    module = _kernels.available_variants()[isa]
+    rng = np.random.default_rng(length)
+    bits = rng.permutation(np.resize(np.arange(2**16, dtype=np.uint32).astype(np.uint16), length))
+    wide = np.empty(bits.shape, np.float32)
+    module._widen_16_bit(bits, wide, dtype == HALF[1])
+    assert_bitwise_equal(wide, bits.view(dtype).astype(np.float32), "widened")
+    values = rng.permutation(interesting_float32_bits(rng))[:length].view(np.float32)
+    out = np.empty(values.shape, np.uint16)
+    module._round_to_16_bit(values, out, dtype == HALF[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = values.astype(dtype).view(np.uint16)
+    assert (out == expected).all()
+
+
+@pytest.mark.parametrize("isa", list(_kernels.available_variants()))
+@pytest.mark.parametrize("dtype", HALF)
 def test_widening_helper_is_exact_for_every_16_bit_value(isa, dtype):
     module = _kernels.available_variants()[isa]
     bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16)
