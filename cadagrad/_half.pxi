@@ -106,9 +106,9 @@ cdef inline void _store_params(half_param* p, const float* wide, Py_ssize_t n) n
         cg_round_bf16_n(<unsigned short*>p, wide, n)
 
 
-cdef inline void _adagrad_span_16_as(half_param* p, const half_grad* grad, float* G, Py_ssize_t n,
-                                     const AdagradArgs* a, bint maximize, bint has_wd,
-                                     bint inside) noexcept nogil:
+cdef inline void _adagrad_span_16_as(half_param* p, const half_grad* grad, float* G, half_param* G16,
+                                     Py_ssize_t n, const AdagradArgs* a, Py_ssize_t first, bint maximize,
+                                     bint has_wd, bint inside) noexcept nogil:
     # Called only with literal flags (see _adagrad_span_16). Block by block: widen, the float32 rule
     # (_adagrad_span's loop, the same helpers in the same order, so the same bits), round back.
     # Checked (GCC 12, -fopt-info-vec-optimized, avx2 and avx512 builds): in all 8 flag cases the inner
@@ -122,8 +122,12 @@ cdef inline void _adagrad_span_16_as(half_param* p, const half_grad* grad, float
     # per-operand narrowing, and a bfloat16 step ran at 2.2x to 5x the time of 512-element blocks at
     # 2^24 (avx2 and avx512 builds), so it was dropped. A grad that is its param is widened, a block at
     # a time, before that block of p is written.
+    # The optional modes change only what happens around the inner loop: a 16-bit accumulator (G16 not
+    # NULL) is widened into a third buffer and rounded back to nearest, and with stochastic rounding p
+    # is rounded by _store_params_as (p[0] is element `first` of its param).
     cdef float wide_p[HALF_BLOCK]
     cdef float wide_g[HALF_BLOCK]
+    cdef float wide_G[HALF_BLOCK]
     cdef const float* g32
     cdef float clr = <float>a.clr
     cdef float wd = <float>a.weight_decay
@@ -135,36 +139,43 @@ cdef inline void _adagrad_span_16_as(half_param* p, const half_grad* grad, float
         m = min(<Py_ssize_t>HALF_BLOCK, n - lo)
         _widen_params(wide_p, p + lo, m)
         g32 = _widened_grads(wide_g, grad + lo, m)
-        S = G + lo
+        if G16 != NULL:
+            _widen_params(wide_G, G16 + lo, m)
+            S = wide_G
+        else:
+            S = G + lo
         for i in range(m):
             g = _effective_grad(g32[i], wide_p[i], maximize, has_wd, wd)
             S[i] = S[i] + g * g
             wide_p[i] = _adagrad_new_param(wide_p[i], g, clr, _adagrad_denominator(S[i], eps, inside))
-        _store_params(p + lo, wide_p, m)
+        _store_params_as(p + lo, wide_p, m, a.stochastic, a.sr_key, first + lo)
+        if G16 != NULL:
+            _store_params(G16 + lo, wide_G, m)
         lo += m
 
 
-cdef void _adagrad_span_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t n,
-                           const AdagradArgs* a) noexcept nogil:
+cdef void _adagrad_span_16(half_param* p, const half_grad* grad, float* G, half_param* G16, Py_ssize_t n,
+                           const AdagradArgs* a, Py_ssize_t first) noexcept nogil:
+    # A float32 accumulator G, or (G16 not NULL) one in the param's format; p[0] is element `first`.
     if a.maximize:
         if a.has_weight_decay:
             if a.eps_inside_sqrt:
-                _adagrad_span_16_as(p, grad, G, n, a, True, True, True)
+                _adagrad_span_16_as(p, grad, G, G16, n, a, first, True, True, True)
             else:
-                _adagrad_span_16_as(p, grad, G, n, a, True, True, False)
+                _adagrad_span_16_as(p, grad, G, G16, n, a, first, True, True, False)
         elif a.eps_inside_sqrt:
-            _adagrad_span_16_as(p, grad, G, n, a, True, False, True)
+            _adagrad_span_16_as(p, grad, G, G16, n, a, first, True, False, True)
         else:
-            _adagrad_span_16_as(p, grad, G, n, a, True, False, False)
+            _adagrad_span_16_as(p, grad, G, G16, n, a, first, True, False, False)
     elif a.has_weight_decay:
         if a.eps_inside_sqrt:
-            _adagrad_span_16_as(p, grad, G, n, a, False, True, True)
+            _adagrad_span_16_as(p, grad, G, G16, n, a, first, False, True, True)
         else:
-            _adagrad_span_16_as(p, grad, G, n, a, False, True, False)
+            _adagrad_span_16_as(p, grad, G, G16, n, a, first, False, True, False)
     elif a.eps_inside_sqrt:
-        _adagrad_span_16_as(p, grad, G, n, a, False, False, True)
+        _adagrad_span_16_as(p, grad, G, G16, n, a, first, False, False, True)
     else:
-        _adagrad_span_16_as(p, grad, G, n, a, False, False, False)
+        _adagrad_span_16_as(p, grad, G, G16, n, a, first, False, False, False)
 
 
 cdef void _adagrad_rowwise_rows_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t rows,
@@ -203,42 +214,56 @@ cdef void _adagrad_rowwise_rows_16(half_param* p, const half_grad* grad, float* 
         grad += cols
 
 
-cdef inline void _sgd_span_16_as(half_param* p, const half_grad* grad, float* buf, Py_ssize_t n,
-                                 const SgdArgs* a, int mode, bint nesterov) noexcept nogil:
+cdef inline void _sgd_span_16_as(half_param* p, const half_grad* grad, float* buf, half_param* buf16,
+                                 Py_ssize_t n, const SgdArgs* a, Py_ssize_t first, int mode,
+                                 bint nesterov) noexcept nogil:
     # Called only with literal mode and nesterov (see _sgd_span_16): as _adagrad_span_16_as, blocks with
     # _sgd_span_as (the float32 rule's own inline loop) inlined in the block loop, where it meets the
     # stack buffers. Checked with -fopt-info-vec-optimized (GCC 12, avx2 and avx512 builds): every
     # inner loop vectorizes (32-byte vectors in avx2, 64-byte in avx512). Without momentum (no state
     # stream, no division) longer blocks pay less per block: at 2^24, avx512, a bfloat16 step took
     # 0.79-0.84x a float32 one with 64-element blocks and 0.57x with 256; with momentum 64 did better
-    # (0.76x against 0.93x), as for AdaGrad.
+    # (0.76x against 0.93x), as for AdaGrad. The optional modes as in _adagrad_span_16_as: a 16-bit
+    # momentum buffer (buf16 not NULL) widened into a third buffer and rounded back to nearest, and p
+    # rounded by _store_params_as (p[0] is element `first` of its param).
     cdef float wide_p[HALF_SGD_BLOCK]
     cdef float wide_g[HALF_SGD_BLOCK]
+    cdef float wide_buf[HALF_BLOCK]
+    cdef float* momentum
     cdef Py_ssize_t block = HALF_SGD_BLOCK if mode == MOMENTUM_NONE else HALF_BLOCK
     cdef Py_ssize_t lo = 0, m
     while lo < n:
         m = min(block, n - lo)
         _widen_params(wide_p, p + lo, m)
-        _sgd_span_as(wide_p, _widened_grads(wide_g, grad + lo, m), buf + lo if buf != NULL else NULL, m, a,
-                     mode, nesterov)
-        _store_params(p + lo, wide_p, m)
+        momentum = NULL
+        if mode != MOMENTUM_NONE:
+            if buf16 != NULL:
+                _widen_params(wide_buf, buf16 + lo, m)
+                momentum = wide_buf
+            else:
+                momentum = buf + lo
+        _sgd_span_as(wide_p, _widened_grads(wide_g, grad + lo, m), momentum, m, a, mode, nesterov)
+        _store_params_as(p + lo, wide_p, m, a.stochastic, a.sr_key, first + lo)
+        if buf16 != NULL and mode != MOMENTUM_NONE:
+            _store_params(buf16 + lo, wide_buf, m)
         lo += m
 
 
-cdef void _sgd_span_16(half_param* p, const half_grad* grad, float* buf, Py_ssize_t n,
-                       const SgdArgs* a) noexcept nogil:
-    # As _sgd_span: one block loop per momentum mode and nesterov (buf is NULL without momentum).
+cdef void _sgd_span_16(half_param* p, const half_grad* grad, float* buf, half_param* buf16, Py_ssize_t n,
+                       const SgdArgs* a, Py_ssize_t first) noexcept nogil:
+    # As _sgd_span: one block loop per momentum mode and nesterov (buf and buf16 are NULL without
+    # momentum; buf16 holds a momentum buffer in the param's format).
     if a.momentum_mode == MOMENTUM_NONE:
-        _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_NONE, False)
+        _sgd_span_16_as(p, grad, buf, buf16, n, a, first, MOMENTUM_NONE, False)
     elif a.momentum_mode == MOMENTUM_FIRST:
         if a.nesterov:
-            _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_FIRST, True)
+            _sgd_span_16_as(p, grad, buf, buf16, n, a, first, MOMENTUM_FIRST, True)
         else:
-            _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_FIRST, False)
+            _sgd_span_16_as(p, grad, buf, buf16, n, a, first, MOMENTUM_FIRST, False)
     elif a.nesterov:
-        _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_LATER, True)
+        _sgd_span_16_as(p, grad, buf, buf16, n, a, first, MOMENTUM_LATER, True)
     else:
-        _sgd_span_16_as(p, grad, buf, n, a, MOMENTUM_LATER, False)
+        _sgd_span_16_as(p, grad, buf, buf16, n, a, first, MOMENTUM_LATER, False)
 
 
 cdef void _ceiling_span_16(half_param* p, const half_grad* grad, float* state, Py_ssize_t n) noexcept nogil:
@@ -329,8 +354,175 @@ cdef extern from *:
     static inline uint16_t cg_f32_to_f16_sr(float f, uint32_t r) {
         return (uint16_t)cg_select(cg_is_nan(f), cg_f32_to_f16(f), cg_f32_to_f16_sr_number(f, r));
     }
+
+    /* n float32 values rounded stochastically into bfloat16 bits, out[j] with the random bits
+       cg_mix32(block ^ (low + j)) (low + n <= 2^32): cg_f32_to_bf16_sr and cg_mix32 written as
+       intrinsics, 16 values a step (AVX-512F; vpmulld for the hash, one vpmovdw to narrow) or 8 (AVX2),
+       the portable helper for the rest and in the generic variant. Integer operations only, so the bits
+       are the helper's for every input. GCC's vectorization of the helper's loop ran at about twice the
+       time of a bfloat16 step rounded to nearest. */
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    static void cg_round_bf16_sr_n(uint16_t* out, const float* in, Py_ssize_t n, uint32_t block, uint32_t low) {
+        const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512i key = _mm512_set1_epi32((int)block);
+        const __m512i m1 = _mm512_set1_epi32(0x7feb352d), m2 = _mm512_set1_epi32((int)0x846ca68bu);
+        const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+        const __m512i sign = _mm512_set1_epi32((int)0x80000000u), quiet = _mm512_set1_epi32(0x7fc00000);
+        const __m512i low16 = _mm512_set1_epi32(0xffff), one = _mm512_set1_epi32(1);
+        Py_ssize_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m512i x = _mm512_xor_si512(key, _mm512_add_epi32(_mm512_set1_epi32((int)(low + (uint32_t)i)), lanes));
+            x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+            x = _mm512_mullo_epi32(x, m1);
+            x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+            x = _mm512_mullo_epi32(x, m2);
+            x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+            __m512i u = _mm512_loadu_si512((const void*)(in + i));
+            __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), inf);
+            u = _mm512_mask_mov_epi32(u, nan, _mm512_or_si512(_mm512_and_si512(u, sign), quiet));
+            __mmask16 up = _mm512_cmplt_epu32_mask(_mm512_srli_epi32(x, 16), _mm512_and_si512(u, low16));
+            __m512i top = _mm512_srli_epi32(u, 16);
+            _mm256_storeu_si256((__m256i*)(out + i), _mm512_cvtepi32_epi16(_mm512_mask_add_epi32(top, up, top, one)));
+        }
+        for (; i < n; i++) out[i] = cg_f32_to_bf16_sr(in[i], cg_mix32(block ^ (low + (uint32_t)i)));
+    }
+    /* The same for float16, with cg_f32_to_f16_sr_number's integer and float steps (the float ones exact
+       as in the helper); a group of 16 that holds a NaN is rounded by the portable helper instead. */
+    static void cg_round_f16_sr_n(uint16_t* out, const float* in, Py_ssize_t n, uint32_t block, uint32_t low) {
+        const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512i key = _mm512_set1_epi32((int)block);
+        const __m512i m1 = _mm512_set1_epi32(0x7feb352d), m2 = _mm512_set1_epi32((int)0x846ca68bu);
+        const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+        const __m512i one = _mm512_set1_epi32(1), sign = _mm512_set1_epi32(0x8000);
+        const __m512i rebias = _mm512_set1_epi32(0x38000000), low13 = _mm512_set1_epi32(0x1fff);
+        const __m512i smallest = _mm512_set1_epi32(0x38800000), too_big = _mm512_set1_epi32(0x47800000);
+        const __m512i f16_inf = _mm512_set1_epi32(0x7c00);
+        const __m512 scale = _mm512_set1_ps(16777216.0f), unit = _mm512_set1_ps(5.9604644775390625e-08f);
+        Py_ssize_t i = 0, j;
+        for (; i + 16 <= n; i += 16) {
+            __m512i u = _mm512_loadu_si512((const void*)(in + i));
+            __m512i a = _mm512_and_si512(u, magnitude);
+            if (_mm512_cmpgt_epu32_mask(a, inf)) {
+                for (j = i; j < i + 16; j++) out[j] = cg_f32_to_f16_sr(in[j], cg_mix32(block ^ (low + (uint32_t)j)));
+                continue;
+            }
+            __m512i x = _mm512_xor_si512(key, _mm512_add_epi32(_mm512_set1_epi32((int)(low + (uint32_t)i)), lanes));
+            x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+            x = _mm512_mullo_epi32(x, m1);
+            x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+            x = _mm512_mullo_epi32(x, m2);
+            x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+            __m512i normal = _mm512_srli_epi32(_mm512_sub_epi32(a, rebias), 13);
+            normal = _mm512_mask_add_epi32(normal, _mm512_cmplt_epu32_mask(_mm512_srli_epi32(x, 19),
+                                           _mm512_and_si512(a, low13)), normal, one);
+            __mmask16 subnormal = _mm512_cmplt_epu32_mask(a, smallest);
+            __m512 y = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_maskz_mov_epi32(subnormal, a)), scale);
+            __m512i m = _mm512_cvttps_epi32(y);
+            __m512 frac = _mm512_sub_ps(y, _mm512_cvtepi32_ps(m));
+            __m512 r = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(x, 8)), unit);
+            m = _mm512_mask_add_epi32(m, _mm512_cmp_ps_mask(r, frac, _CMP_LT_OQ), m, one);
+            __m512i result = _mm512_mask_mov_epi32(normal, subnormal, m);
+            result = _mm512_mask_mov_epi32(result, _mm512_cmpge_epu32_mask(a, too_big), f16_inf);
+            result = _mm512_or_si512(result, _mm512_and_si512(_mm512_srli_epi32(u, 16), sign));
+            _mm256_storeu_si256((__m256i*)(out + i), _mm512_cvtepi32_epi16(result));
+        }
+        for (; i < n; i++) out[i] = cg_f32_to_f16_sr(in[i], cg_mix32(block ^ (low + (uint32_t)i)));
+    }
+    #elif defined(__AVX2__)
+    #include <immintrin.h>
+    static inline __m256i cg_round_bf16_sr_x8(__m256i u, __m256i x) {
+        /* every compared value is below 2^31, so the signed compares are the unsigned ones */
+        const __m256i m1 = _mm256_set1_epi32(0x7feb352d), m2 = _mm256_set1_epi32((int)0x846ca68bu);
+        const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+        const __m256i sign = _mm256_set1_epi32((int)0x80000000u), quiet = _mm256_set1_epi32(0x7fc00000);
+        const __m256i low16 = _mm256_set1_epi32(0xffff);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+        x = _mm256_mullo_epi32(x, m1);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+        x = _mm256_mullo_epi32(x, m2);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, magnitude), inf);
+        u = _mm256_blendv_epi8(u, _mm256_or_si256(_mm256_and_si256(u, sign), quiet), nan);
+        __m256i up = _mm256_cmpgt_epi32(_mm256_and_si256(u, low16), _mm256_srli_epi32(x, 16));   /* -1 or 0 */
+        return _mm256_sub_epi32(_mm256_srli_epi32(u, 16), up);
+    }
+    static void cg_round_bf16_sr_n(uint16_t* out, const float* in, Py_ssize_t n, uint32_t block, uint32_t low) {
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i key = _mm256_set1_epi32((int)block);
+        Py_ssize_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            __m256i x0 = _mm256_xor_si256(key, _mm256_add_epi32(_mm256_set1_epi32((int)(low + (uint32_t)i)), lanes));
+            __m256i x1 = _mm256_xor_si256(key, _mm256_add_epi32(_mm256_set1_epi32((int)(low + (uint32_t)i + 8u)), lanes));
+            __m256i lo = cg_round_bf16_sr_x8(_mm256_loadu_si256((const __m256i*)(in + i)), x0);
+            __m256i hi = cg_round_bf16_sr_x8(_mm256_loadu_si256((const __m256i*)(in + i + 8)), x1);
+            _mm256_storeu_si256((__m256i*)(out + i), _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8));
+        }
+        for (; i < n; i++) out[i] = cg_f32_to_bf16_sr(in[i], cg_mix32(block ^ (low + (uint32_t)i)));
+    }
+    static inline __m256i cg_round_f16_sr_x8(__m256i u, __m256i x) {
+        /* as the AVX-512 loop, for 8 values without NaN; every compared integer is below 2^31 */
+        const __m256i m1 = _mm256_set1_epi32(0x7feb352d), m2 = _mm256_set1_epi32((int)0x846ca68bu);
+        const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), one = _mm256_set1_epi32(1);
+        const __m256i rebias = _mm256_set1_epi32(0x38000000), low13 = _mm256_set1_epi32(0x1fff);
+        const __m256i smallest = _mm256_set1_epi32(0x38800000), too_big = _mm256_set1_epi32(0x477fffff);
+        const __m256i f16_inf = _mm256_set1_epi32(0x7c00), sign = _mm256_set1_epi32(0x8000);
+        const __m256 scale = _mm256_set1_ps(16777216.0f), unit = _mm256_set1_ps(5.9604644775390625e-08f);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+        x = _mm256_mullo_epi32(x, m1);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 15));
+        x = _mm256_mullo_epi32(x, m2);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+        __m256i a = _mm256_and_si256(u, magnitude);
+        __m256i normal = _mm256_srli_epi32(_mm256_sub_epi32(a, rebias), 13);
+        normal = _mm256_sub_epi32(normal, _mm256_cmpgt_epi32(_mm256_and_si256(a, low13), _mm256_srli_epi32(x, 19)));
+        __m256i subnormal = _mm256_cmpgt_epi32(smallest, a);
+        __m256 y = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_and_si256(subnormal, a)), scale);
+        __m256i m = _mm256_cvttps_epi32(y);
+        __m256 frac = _mm256_sub_ps(y, _mm256_cvtepi32_ps(m));
+        __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 8)), unit);
+        m = _mm256_sub_epi32(m, _mm256_castps_si256(_mm256_cmp_ps(r, frac, _CMP_LT_OQ)));
+        __m256i result = _mm256_blendv_epi8(normal, m, subnormal);
+        result = _mm256_blendv_epi8(result, f16_inf, _mm256_cmpgt_epi32(a, too_big));
+        return _mm256_or_si256(result, _mm256_and_si256(_mm256_srli_epi32(u, 16), sign));
+    }
+    static void cg_round_f16_sr_n(uint16_t* out, const float* in, Py_ssize_t n, uint32_t block, uint32_t low) {
+        const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i key = _mm256_set1_epi32((int)block);
+        const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+        Py_ssize_t i = 0, j;
+        for (; i + 16 <= n; i += 16) {
+            __m256i u0 = _mm256_loadu_si256((const __m256i*)(in + i));
+            __m256i u1 = _mm256_loadu_si256((const __m256i*)(in + i + 8));
+            __m256i nan = _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_and_si256(u0, magnitude), inf),
+                                          _mm256_cmpgt_epi32(_mm256_and_si256(u1, magnitude), inf));
+            if (!_mm256_testz_si256(nan, nan)) {
+                for (j = i; j < i + 16; j++) out[j] = cg_f32_to_f16_sr(in[j], cg_mix32(block ^ (low + (uint32_t)j)));
+                continue;
+            }
+            __m256i x0 = _mm256_xor_si256(key, _mm256_add_epi32(_mm256_set1_epi32((int)(low + (uint32_t)i)), lanes));
+            __m256i x1 = _mm256_xor_si256(key, _mm256_add_epi32(_mm256_set1_epi32((int)(low + (uint32_t)i + 8u)), lanes));
+            __m256i lo = cg_round_f16_sr_x8(u0, x0), hi = cg_round_f16_sr_x8(u1, x1);
+            _mm256_storeu_si256((__m256i*)(out + i), _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8));
+        }
+        for (; i < n; i++) out[i] = cg_f32_to_f16_sr(in[i], cg_mix32(block ^ (low + (uint32_t)i)));
+    }
+    #else
+    static void cg_round_bf16_sr_n(uint16_t* out, const float* in, Py_ssize_t n, uint32_t block, uint32_t low) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) out[i] = cg_f32_to_bf16_sr(in[i], cg_mix32(block ^ (low + (uint32_t)i)));
+    }
+    static void cg_round_f16_sr_n(uint16_t* out, const float* in, Py_ssize_t n, uint32_t block, uint32_t low) {
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) out[i] = cg_f32_to_f16_sr(in[i], cg_mix32(block ^ (low + (uint32_t)i)));
+    }
+    #endif
     """
     unsigned int cg_mix32(unsigned int x) noexcept nogil
+    void cg_round_bf16_sr_n(unsigned short* out, const float* inp, Py_ssize_t n, unsigned int block,
+                            unsigned int low) noexcept nogil
+    void cg_round_f16_sr_n(unsigned short* out, const float* inp, Py_ssize_t n, unsigned int block,
+                           unsigned int low) noexcept nogil
     unsigned int cg_sr_key(unsigned long long seed, unsigned long long step) noexcept nogil
     unsigned int cg_sr_block(unsigned int key, unsigned long long hi) noexcept nogil
     unsigned int cg_is_nan(float f) noexcept nogil
@@ -342,26 +534,17 @@ cdef extern from *:
 cdef inline void _store_params_stochastic(half_param* p, const float* wide, Py_ssize_t n, unsigned int key,
                                           Py_ssize_t first) noexcept nogil:
     # Rounds wide[0:n] into p[0:n] stochastically; p[0] is element `first` of its param. Split where the
-    # index's low word wraps, so that each inner loop has one block key. A float16 loop rounds every
-    # value as a number and notes whether one was a NaN; only then are the NaNs rounded again, by the
-    # full helper (its NaN select inside the loop cost about a third of the loop).
-    cdef Py_ssize_t i = 0, j, m
-    cdef unsigned int block, low, nan
+    # index's low word wraps, so that each call of the C helpers (intrinsics) has one block key.
+    cdef Py_ssize_t i = 0, m
+    cdef unsigned int block, low
     while i < n:
         block = cg_sr_block(key, <unsigned long long>(first + i) >> 32)
         low = <unsigned int><unsigned long long>(first + i)        # the low word
         m = min(n - i, (<Py_ssize_t>1 << 32) - <Py_ssize_t>low)
-        nan = 0
-        for j in range(m):
-            if half_param is cg_f16:
-                nan |= cg_is_nan(wide[i + j])
-                p[i + j].bits = cg_f32_to_f16_sr_number(wide[i + j], cg_mix32(block ^ <unsigned int>(low + j)))
-            else:
-                p[i + j].bits = cg_f32_to_bf16_sr(wide[i + j], cg_mix32(block ^ <unsigned int>(low + j)))
-        if nan:
-            for j in range(m):
-                if cg_is_nan(wide[i + j]):
-                    _store_rounded(p, i + j, wide[i + j])
+        if half_param is cg_bf16:
+            cg_round_bf16_sr_n(<unsigned short*>(p + i), wide + i, m, block, low)
+        else:
+            cg_round_f16_sr_n(<unsigned short*>(p + i), wide + i, m, block, low)
         i += m
 
 
@@ -371,110 +554,6 @@ cdef inline void _store_params_as(half_param* p, const float* wide, Py_ssize_t n
         _store_params_stochastic(p, wide, n, key, first)
     else:
         _store_params(p, wide, n)
-
-
-cdef inline float* _wide_state(float* block, void* state, bint state_16, Py_ssize_t lo, Py_ssize_t m,
-                               half_param* like) noexcept nogil:
-    # The state of elements [lo, lo + m) as float32: a float32 state as it is, a 16-bit one (in the
-    # format of `like`, the param) widened into block.
-    if state == NULL:
-        return NULL
-    if not state_16:
-        return <float*>state + lo
-    _widen_params(block, <half_param*>state + lo, m)
-    return block
-
-
-cdef inline void _adagrad_16_fused_as(half_param* p, const half_grad* grad, half_param* G, Py_ssize_t n,
-                                      const AdagradArgs* a, unsigned int block, unsigned int low,
-                                      bint stochastic, bint inside) noexcept nogil:
-    # One pass per element over a 16-bit param and accumulator (widen, the float32 rule, round back),
-    # called only with literal stochastic and inside so that each caller gets its own straight loop,
-    # without maximize or weight decay. p[0] is element `low` of the index block whose key is `block`.
-    cdef float clr = <float>a.clr
-    cdef float eps = <float>a.eps
-    cdef float w, g, s
-    cdef Py_ssize_t i
-    for i in range(n):
-        w = _widen(p, i)
-        g = _grad32(grad, i)
-        s = _widen(G, i) + g * g
-        w = _adagrad_new_param(w, g, clr, _adagrad_denominator(s, eps, inside))
-        if stochastic:
-            if half_param is cg_f16:
-                p[i].bits = cg_f32_to_f16_sr(w, cg_mix32(block ^ <unsigned int>(low + i)))
-            else:
-                p[i].bits = cg_f32_to_bf16_sr(w, cg_mix32(block ^ <unsigned int>(low + i)))
-        else:
-            _store_rounded(p, i, w)
-        _store_rounded(G, i, s)
-
-
-cdef void _adagrad_span_16_fused(half_param* p, const half_grad* grad, void* G, Py_ssize_t n,
-                                 const AdagradArgs* a, Py_ssize_t first) noexcept nogil:
-    # _adagrad_span_16_modes with a 16-bit accumulator, without maximize and weight decay, in one pass:
-    # on a 2^24-element bfloat16 step, blocks (five passes over L1) took 1.3x the time of this loop.
-    # (With a float32 accumulator and stochastic rounding, this loop measured slower than the blocks.)
-    cdef Py_ssize_t i = 0, m
-    cdef unsigned int block, low
-    cdef bint inside = a.eps_inside_sqrt, stochastic = a.stochastic
-    cdef half_param* G16 = <half_param*>G
-    while i < n:
-        block = cg_sr_block(a.sr_key, <unsigned long long>(first + i) >> 32)
-        low = <unsigned int><unsigned long long>(first + i)
-        m = min(n - i, (<Py_ssize_t>1 << 32) - <Py_ssize_t>low)
-        if stochastic:
-            if inside:
-                _adagrad_16_fused_as(p + i, grad + i, G16 + i, m, a, block, low, True, True)
-            else:
-                _adagrad_16_fused_as(p + i, grad + i, G16 + i, m, a, block, low, True, False)
-        elif inside:
-            _adagrad_16_fused_as(p + i, grad + i, G16 + i, m, a, block, low, False, True)
-        else:
-            _adagrad_16_fused_as(p + i, grad + i, G16 + i, m, a, block, low, False, False)
-        i += m
-
-
-cdef void _adagrad_span_16_modes(half_param* p, const half_grad* grad, void* G, bint state_16, Py_ssize_t n,
-                                 const AdagradArgs* a, Py_ssize_t first) noexcept nogil:
-    # _adagrad_span_16 with a 16-bit accumulator (widened, stepped, rounded back to nearest) and/or a
-    # stochastic rounding of p; p[0] and G[0] are element `first` of their param.
-    cdef float wide_p[HALF_BLOCK]
-    cdef float wide_g[HALF_BLOCK]
-    cdef float wide_G[HALF_BLOCK]
-    cdef float* sums
-    cdef Py_ssize_t lo = 0, m
-    if state_16 and not a.maximize and not a.has_weight_decay and (half_param is cg_bf16 or not a.stochastic):
-        _adagrad_span_16_fused(p, grad, G, n, a, first)
-        return
-    while lo < n:
-        m = min(<Py_ssize_t>HALF_BLOCK, n - lo)
-        _widen_params(wide_p, p + lo, m)
-        sums = _wide_state(wide_G, G, state_16, lo, m, p)
-        _adagrad_span(wide_p, _widened_grads(wide_g, grad + lo, m), sums, m, a)
-        _store_params_as(p + lo, wide_p, m, a.stochastic, a.sr_key, first + lo)
-        if state_16:
-            _store_params(<half_param*>G + lo, sums, m)
-        lo += m
-
-
-cdef void _sgd_span_16_modes(half_param* p, const half_grad* grad, void* buf, bint state_16, Py_ssize_t n,
-                             const SgdArgs* a, Py_ssize_t first) noexcept nogil:
-    # As _adagrad_span_16_modes, for SGD (buf is NULL without momentum).
-    cdef float wide_p[HALF_BLOCK]
-    cdef float wide_g[HALF_BLOCK]
-    cdef float wide_buf[HALF_BLOCK]
-    cdef float* momentum
-    cdef Py_ssize_t lo = 0, m
-    while lo < n:
-        m = min(<Py_ssize_t>HALF_BLOCK, n - lo)
-        _widen_params(wide_p, p + lo, m)
-        momentum = _wide_state(wide_buf, buf, state_16, lo, m, p)
-        _sgd_span(wide_p, _widened_grads(wide_g, grad + lo, m), momentum, m, a)
-        _store_params_as(p + lo, wide_p, m, a.stochastic, a.sr_key, first + lo)
-        if state_16 and momentum != NULL:
-            _store_params(<half_param*>buf + lo, momentum, m)
-        lo += m
 
 
 cdef inline void _store_rounded_as(half_param* p, Py_ssize_t j, float x, bint stochastic, unsigned int key,
@@ -550,19 +629,19 @@ cdef void _span_16_modes(int kernel, const Segment* s, half_param* param, const 
     # Elements [lo, lo + n) of a 16-bit segment when _uses_modes: param is the segment's first element,
     # grad the gradient of element lo (a dense grad + lo, or a row's float32 sum). A row-wise segment is
     # given whole rows (lo a multiple of cols).
-    cdef void* state = NULL
-    if s.state != NULL:
-        state = <void*>(<half_param*>s.state + (lo // s.cols if s.cols > 0 else lo)) if s.state_16 else \
-                <void*>(<float*>s.state + (lo // s.cols if s.cols > 0 else lo))
+    cdef Py_ssize_t at = lo // s.cols if s.cols > 0 else lo          # the state of element lo
+    cdef float* state = <float*>s.state + at if s.state != NULL and not s.state_16 else NULL
+    cdef half_param* state16 = <half_param*>s.state + at if s.state != NULL and s.state_16 else NULL
+    cdef void* either = <void*>state16 if s.state_16 else <void*>state
     if kernel == KERNEL_ADAGRAD and s.cols > 0:
-        _adagrad_rowwise_rows_16_modes(param + lo, grad, state, s.state_16, n // s.cols, s.cols,
-                                       <const AdagradArgs*>args, lo // s.cols)
+        _adagrad_rowwise_rows_16_modes(param + lo, grad, either, s.state_16, n // s.cols, s.cols,
+                                       <const AdagradArgs*>args, at)
     elif kernel == KERNEL_ADAGRAD:
-        _adagrad_span_16_modes(param + lo, grad, state, s.state_16, n, <const AdagradArgs*>args, lo)
+        _adagrad_span_16(param + lo, grad, state, state16, n, <const AdagradArgs*>args, lo)
     elif kernel == KERNEL_SGD:
-        _sgd_span_16_modes(param + lo, grad, state, s.state_16, n, <const SgdArgs*>args, lo)
-    elif kernel == KERNEL_CEILING and state != NULL and s.cols == 0:    # with a 16-bit state
-        _ceiling_span_16_state16(param + lo, grad, <half_param*>state, n)
+        _sgd_span_16(param + lo, grad, state, state16, n, <const SgdArgs*>args, lo)
+    elif kernel == KERNEL_CEILING and state16 != NULL and s.cols == 0:
+        _ceiling_span_16_state16(param + lo, grad, state16, n)
     elif kernel == KERNEL_CEILING:      # a row-wise 16-bit state: its traffic is negligible
         _ceiling_span_16(param + lo, grad, <float*>NULL, n)
 

@@ -91,9 +91,10 @@ cdef inline bint _run_segment_16_typed(int kernel, Segment* s, Py_ssize_t lo, Py
             _ceiling_span_16(param + lo, grad + lo, <float*>NULL, n)
         return False
     if kernel == KERNEL_ADAGRAD:
-        _adagrad_span_16(param + lo, grad + lo, state + lo, n, <const AdagradArgs*>args)
+        _adagrad_span_16(param + lo, grad + lo, state + lo, NULL, n, <const AdagradArgs*>args, lo)
     elif kernel == KERNEL_SGD:
-        _sgd_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, n, <const SgdArgs*>args)
+        _sgd_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, NULL, n, <const SgdArgs*>args,
+                     lo)
     elif kernel == KERNEL_CEILING:
         _ceiling_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, n)
     return False

@@ -257,10 +257,11 @@ cdef inline void _step_row_16(int kernel, const Segment* s, half_param* param, c
         if s.cols > 0:
             _adagrad_rowwise_rows_16(param + row * width, g, state + row, 1, width, <const AdagradArgs*>args)
         else:
-            _adagrad_span_16(param + row * width, g, state + row * width, width, <const AdagradArgs*>args)
+            _adagrad_span_16(param + row * width, g, state + row * width, NULL, width, <const AdagradArgs*>args,
+                             row * width)
     elif kernel == KERNEL_SGD:
-        _sgd_span_16(param + row * width, g, state + row * width if state != NULL else NULL, width,
-                     <const SgdArgs*>args)
+        _sgd_span_16(param + row * width, g, state + row * width if state != NULL else NULL, NULL, width,
+                     <const SgdArgs*>args, row * width)
     elif state != NULL and s.cols == 0:     # KERNEL_CEILING
         _ceiling_span_16(param + row * width, g, state + row * width, width)
     else:                                   # KERNEL_CEILING, state per row negligible

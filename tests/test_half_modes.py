@@ -564,3 +564,23 @@ def test_a_large_16_bit_state_is_loaded_lazily_with_its_bits(dtype):
         assert state.array.dtype == dtype
         assert_bitwise_equal(state.copy(), saved, f"copy (initial value {value})")
         assert_bitwise_equal(state.materialize(), saved, f"state (initial value {value})")
+
+
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("dtype", HALF)
+def test_the_kernels_stochastic_rounding_of_every_pattern_matches_reference(isa, dtype):
+    """The vectorized rounding of a step (intrinsics in the avx2/avx512 variants), on every 16-bit value,
+    its neighbours and halfway points, specials and random float32 values, shuffled so that NaNs sit
+    among numbers: SGD with lr = 1 from p = 0 writes exactly -grad."""
+    module = _kernels.available_variants()[isa]
+    rng = np.random.default_rng(13)
+    values = rng.permutation(interesting_float32_bits(rng)[:1_000_003]).view(np.float32)
+    grad = -values
+    mine = np.zeros(values.shape, dtype)
+    ref = reference.SGD([mine.copy()], lr=1.0, stochastic_rounding=True, seed=2**63 + 5)
+    engine = module.StepEngine([mine], None, False, None, 0, None, None, [KIND[dtype]])
+    with np.errstate(all="ignore"):
+        engine.sgd([grad], 1.0, 0.0, 0.0, 0.0, False, False, 2, False, 2**63 + 5)
+        ref.step([grad])
+    bad = np.flatnonzero(mine.view(np.uint16) != ref.params[0].view(np.uint16))
+    assert bad.size == 0, f"{bad.size} mismatches, first: float32 bits {values.view(np.uint32)[bad[0]]:#010x}"
