@@ -21,7 +21,9 @@ from cadagrad import bench
 IMPLEMENTATIONS = ["cadagrad", "checked", "ceiling", "float32", "reference", "torch fused", "torch foreach"]
 DENSE = [
     bench.Case(algorithm, np.dtype(dtype), 1, size, cadagrad.get_num_threads())
-    for algorithm, dtype, size in itertools.product(bench.ALGORITHMS, (np.float32, np.float64), bench.QUICK_SIZES)
+    for algorithm, dtype, size in itertools.product(
+        bench.FLOAT_ALGORITHMS, (np.float32, np.float64), bench.QUICK_SIZES
+    )
 ] + [
     bench.Case(algorithm, dtype, 1, size, cadagrad.get_num_threads())
     for algorithm, dtype, size in itertools.product(
@@ -29,7 +31,7 @@ DENSE = [
     )
 ] + [
     bench.Case(algorithm, np.dtype(np.float32), *bench.MANY_TENSORS, cadagrad.get_num_threads())
-    for algorithm in bench.ALGORITHMS
+    for algorithm in bench.FLOAT_ALGORITHMS
 ]
 
 

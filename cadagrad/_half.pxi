@@ -604,13 +604,21 @@ cdef void _adagrad_rowwise_rows_16_modes(half_param* p, const half_grad* grad, v
 
 cdef void _ceiling_span_16_state16(half_param* p, const half_grad* grad, half_param* state,
                                    Py_ssize_t n) noexcept nogil:
-    # _ceiling_span_16 over a 16-bit state: the same traffic with 2-byte state, widened and rounded.
-    cdef Py_ssize_t i
-    cdef float g
-    for i in range(n):
-        g = _grad32(grad, i)
-        _store_rounded(state, i, _widen(state, i) + g * g)
-        _store_rounded(p, i, _widen(p, i) + g)
+    # _ceiling_span_16 over a 16-bit state: the same traffic with 2-byte state, in the blocks of the
+    # step it stands beside (p and the state widened, _ceiling_span, both rounded back). A scalar loop
+    # per element took 1.5x to 3x the step's time, which made the ratio to the ceiling meaningless.
+    cdef float wide_p[HALF_BLOCK]
+    cdef float wide_g[HALF_BLOCK]
+    cdef float wide_s[HALF_BLOCK]
+    cdef Py_ssize_t lo = 0, m
+    while lo < n:
+        m = min(<Py_ssize_t>HALF_BLOCK, n - lo)
+        _widen_params(wide_p, p + lo, m)
+        _widen_params(wide_s, state + lo, m)
+        _ceiling_span(wide_p, _widened_grads(wide_g, grad + lo, m), wide_s, m)
+        _store_params(p + lo, wide_p, m)
+        _store_params(state + lo, wide_s, m)
+        lo += m
 
 
 cdef inline bint _uses_modes(int kernel, const Segment* s, const void* args) noexcept nogil:

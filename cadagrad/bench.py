@@ -55,9 +55,11 @@ ZIPF_EXPONENT = 1.2                                      # many duplicates, as r
 SAMPLE_SECONDS = 2e-3                                    # each sample repeats a step for about this long
 UNRELIABLE_SPREAD = 0.20                                 # a ratio's IQR / median above this: marked ~
 
-# float16 and bfloat16 params (float32 state): these rules, at every size (--quick: the largest only).
-HALF_ALGORITHMS = ("adagrad", "sgd")
-QUICK_HALF_ALGORITHMS = ("adagrad",)
+# float16 and bfloat16 params: these rules, at every size (--quick: the largest only). "adagrad/param"
+# keeps the state in the param's dtype (as torch.optim does, so its x fused compares like with like);
+# "adagrad/sr" rounds stochastically (float32 state).
+HALF_ALGORITHMS = ("adagrad", "sgd", "adagrad/param", "adagrad/sr")
+QUICK_HALF_ALGORITHMS = ("adagrad", "adagrad/param")
 
 ALGORITHMS = {
     # name: (optimizer factory, reference factory, torch factory name, torch kwargs, has state)
@@ -67,7 +69,14 @@ ALGORITHMS = {
     "sgd+momentum": (lambda ps: SGD(ps, lr=0.01, momentum=0.9),
                      lambda ps: reference.SGD(ps, lr=0.01, momentum=0.9),
                      "SGD", {"lr": 0.01, "momentum": 0.9}, True),
+    # 16-bit params only (see HALF_ALGORITHMS)
+    "adagrad/param": (lambda ps: Adagrad(ps, lr=0.01, state_dtype="param"),
+                      lambda ps: reference.Adagrad(ps, lr=0.01, state_dtype="param"), "Adagrad", {"lr": 0.01}, True),
+    "adagrad/sr": (lambda ps: Adagrad(ps, lr=0.01, stochastic_rounding=True, seed=0),
+                   lambda ps: reference.Adagrad(ps, lr=0.01, stochastic_rounding=True, seed=0),
+                   "Adagrad", {"lr": 0.01}, True),
 }
+FLOAT_ALGORITHMS = ("adagrad", "sgd", "sgd+momentum")          # on float32 and float64 params
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -210,7 +219,8 @@ class Case:
     def bytes_per_element(self) -> int:
         """Read p, g (and the state); write p (and the state). A 16-bit param's state is float32."""
         has_state = ALGORITHMS[self.algorithm][4]
-        state_bytes = 2 * state_dtype(self.dtype).itemsize if has_state else 0
+        mode = "param" if self.algorithm.endswith("/param") else None
+        state_bytes = 2 * state_dtype(self.dtype, mode).itemsize if has_state else 0
         return 3 * self.dtype.itemsize + state_bytes
 
     def bytes_per_step(self) -> int:
@@ -238,7 +248,7 @@ def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], 
         # The same rule on float32 buffers of the same size, timed in the same rounds (t/f32).
         params32 = [p.astype(np.float32) for p in params]
         grads32 = [g.astype(np.float32) for g in grads]
-        opt32 = make(params32)
+        opt32 = ALGORITHMS[case.algorithm.split("/")[0]][0](params32)
     # The ceiling runs on the optimizer's own buffers: the same bytes at the same addresses (placement
     # alone moved a 2^24 step by 20% in tests of separately allocated buffers).
     states = (opt.sums if isinstance(opt, Adagrad) else opt.momentum_buffers) if has_state else None
@@ -254,10 +264,18 @@ def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], 
         ref = make_reference(params)
         impls["reference"] = lambda: ref.step(grads)
     torch = _torch()
-    if torch is not None and case.dtype != HALF_DTYPES[1]:     # torch.from_numpy takes no ml_dtypes type
-        tparams = [torch.from_numpy(p) for p in params]
+    # torch's state of a 16-bit param has the param's dtype: compared with "adagrad/param" (like with
+    # like), and with the float32-state rows of float16 (a zero-copy view needs a NumPy dtype).
+    if torch is not None and (case.dtype != HALF_DTYPES[1] or case.algorithm.endswith("/param")) \
+            and not case.algorithm.endswith("/sr"):
+
+        def tensor(a):
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16) if a.dtype == HALF_DTYPES[1] \
+                else torch.from_numpy(a)
+
+        tparams = [tensor(p) for p in params]
         for p, g in zip(tparams, grads):
-            p.grad = torch.from_numpy(g)
+            p.grad = tensor(g)
         for flavour in ("fused", "foreach"):
             try:
                 topt = getattr(torch.optim, torch_name)(tparams, **torch_kwargs, **{flavour: True})
@@ -310,7 +328,7 @@ def format_table(results: list[Result]) -> str:
 def cases(sizes: tuple[int, ...], threads: list[int], many_tensors: bool, quick: bool = False) -> list[Case]:
     out = []
     for n_threads in threads:
-        for algorithm in ALGORITHMS:
+        for algorithm in FLOAT_ALGORITHMS:
             for dtype in (np.dtype(np.float32), np.dtype(np.float64)):
                 out += [Case(algorithm, dtype, 1, size, n_threads) for size in sizes]
         half_sizes = sizes[-1:] if quick else sizes
@@ -319,7 +337,7 @@ def cases(sizes: tuple[int, ...], threads: list[int], many_tensors: bool, quick:
                 out += [Case(algorithm, dtype, 1, size, n_threads) for size in half_sizes]
         if many_tensors:
             tensors, size = MANY_TENSORS
-            out += [Case(a, np.dtype(np.float32), tensors, size, n_threads) for a in ALGORITHMS]
+            out += [Case(a, np.dtype(np.float32), tensors, size, n_threads) for a in FLOAT_ALGORITHMS]
     return out
 
 

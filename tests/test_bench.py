@@ -143,12 +143,15 @@ def test_16_bit_dense_cases_count_their_bytes_and_time_a_float32_step_beside_the
     quick = bench.Settings(quick=True, threads=[1], repeats=1, with_reference=False, many_tensors=False)
     half = [c for c in bench.DENSE.cases(quick) if c.dtype.itemsize == 2]
     assert {(c.algorithm, c.dtype.name, c.size) for c in half} == {
-        ("adagrad", "float16", bench.QUICK_SIZES[-1]), ("adagrad", "bfloat16", bench.QUICK_SIZES[-1])
+        (algorithm, dtype, bench.QUICK_SIZES[-1])
+        for algorithm in ("adagrad", "adagrad/param") for dtype in ("float16", "bfloat16")
     }
     case = bench.Case("adagrad", np.dtype(ml_dtypes.bfloat16), 1, 1000, 1)
     assert case.bytes_per_element() == 14        # p, g: 2 bytes; float32 state; p and state written
     assert bench.Case("sgd", np.dtype(np.float16), 1, 1000, 1).bytes_per_element() == 6
     assert bench.Case("adagrad", np.dtype(np.float32), 1, 1000, 1).bytes_per_element() == 20
+    assert bench.Case("adagrad/param", np.dtype(np.float16), 1, 1000, 1).bytes_per_element() == 10
+    assert bench.Case("adagrad/sr", np.dtype(np.float16), 1, 1000, 1).bytes_per_element() == 14
     steps = bench.implementations(case, with_reference=False)
     assert {"cadagrad", "ceiling", "float32"} <= set(steps)
     for step in steps.values():
@@ -156,3 +159,15 @@ def test_16_bit_dense_cases_count_their_bytes_and_time_a_float32_step_beside_the
     result = bench.Result(case, bench.interleave(steps, repeats=1))
     row = bench.format_row(result, bench.Marks())
     assert row[bench.COLUMNS.index("B/elem")] == "14" and row[bench.COLUMNS.index("t/f32")] != "-"
+
+
+@pytest.mark.parametrize("algorithm", ["adagrad/param", "adagrad/sr"])
+def test_16_bit_mode_cases_time_their_mode_and_compare_torch_only_like_with_like(algorithm):
+    case = bench.Case(algorithm, np.dtype(ml_dtypes.bfloat16), 1, 1000, 1)
+    steps = bench.implementations(case, with_reference=True)
+    for step in steps.values():
+        step()
+    assert {"cadagrad", "ceiling", "float32", "reference"} <= set(steps)
+    # torch keeps a 16-bit param's state in its dtype: the "param" mode is its like, rounding is not
+    has_torch = bench._torch() is not None
+    assert ("torch fused" in steps) == (has_torch and algorithm == "adagrad/param")
