@@ -277,13 +277,25 @@ def implementations(case: Case, with_reference: bool) -> dict[str, Callable[[], 
         for p, g in zip(tparams, grads):
             p.grad = tensor(g)
         for flavour in ("fused", "foreach"):
-            try:
-                topt = getattr(torch.optim, torch_name)(tparams, **torch_kwargs, **{flavour: True})
-                topt.step()
-            except (RuntimeError, TypeError, ValueError):
-                continue            # this torch has no such flavour for this optimizer on the CPU
+            if not _torch_flavour_steps(torch, torch_name, torch_kwargs, flavour, tparams[0].dtype):
+                continue            # no such flavour here for this optimizer and dtype, or it does nothing
+            topt = getattr(torch.optim, torch_name)(tparams, **torch_kwargs, **{flavour: True})
+            topt.step()
             impls[f"torch {flavour}"] = topt.step
     return impls
+
+
+def _torch_flavour_steps(torch, name: str, kwargs: dict, flavour: str, dtype) -> bool:
+    """Whether torch's ``flavour`` of optimizer ``name`` runs on CPU tensors of ``dtype`` and moves them:
+    a probe of 64 elements with unit grads and lr 0.5. (torch 2.13's fused SGD, for one, runs on float16
+    CPU tensors and leaves them unchanged: timing it would compare with a step that does nothing.)"""
+    param = torch.ones(64, dtype=dtype)
+    param.grad = torch.ones(64, dtype=dtype)
+    try:
+        getattr(torch.optim, name)([param], **{**kwargs, "lr": 0.5}, **{flavour: True}).step()
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return bool((param != 1).all())
 
 
 def measure(case: Case, *, repeats: int, with_reference: bool) -> Result:
