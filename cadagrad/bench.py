@@ -6,7 +6,8 @@ reports medians, so a noisy neighbour slows all of them alike. Columns of the de
 - ``median``: median time of one step of cadagrad;
 - ``spread``: the interquartile range of cadagrad's samples over their median;
 - ``B/elem``: bytes a step must move per element (reads and writes of params, grads and state: a 16-bit
-  param keeps float32 state);
+  param keeps float32 state, or in the ``adagrad/param`` rows its own dtype; ``adagrad/sr`` rounds
+  stochastically);
 - ``GB/s``: those bytes over that time;
 - ``ceiling``: the ceiling kernel's time over cadagrad's. The ceiling moves exactly the same bytes of the
   same buffers with an addition or two per element: 1.0 means cadagrad runs at the memory limit, and a
@@ -17,7 +18,9 @@ reports medians, so a noisy neighbour slows all of them alike. Columns of the de
   buffers of the same size, timed in the same rounds (its bytes allow about 0.7 with state);
 - ``x ref``: speed-up over the NumPy reference (``cadagrad.reference``);
 - ``x fused``, ``x foreach``: speed-up over torch's fused / foreach optimizers on the same buffers
-  (zero-copy ``torch.from_numpy``), when torch is importable.
+  (zero-copy ``torch.from_numpy``), when torch is importable and the flavour moves the params (a probe
+  checks: torch's fused SGD leaves 16-bit CPU tensors unchanged). For 16-bit params torch keeps the
+  state in the param's dtype: bfloat16 is compared in the ``adagrad/param`` rows only.
 
 A ratio is marked ``~`` when its per-round values spread too much to trust it (interquartile range over
 median above 20%), and ``!`` when its value is impossible without noise (``ceiling`` above 1.0,
