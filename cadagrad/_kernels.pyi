@@ -36,6 +36,7 @@ class StepEngine:
         maximize: bool,
         num_threads: int,
         skip_if_nonfinite: bool = False,
+        seed: int | None = None,
     ) -> bool: ...
     def sgd(
         self,
@@ -48,6 +49,7 @@ class StepEngine:
         maximize: bool,
         num_threads: int,
         skip_if_nonfinite: bool = False,
+        seed: int | None = None,
     ) -> bool: ...
     def adagrad_rows(
         self,
@@ -62,6 +64,7 @@ class StepEngine:
         eps_inside_sqrt: bool,
         maximize: bool,
         num_threads: int,
+        seed: int | None = None,
     ) -> int: ...
     def sgd_rows(
         self,
@@ -76,6 +79,7 @@ class StepEngine:
         nesterov: bool,
         maximize: bool,
         num_threads: int,
+        seed: int | None = None,
     ) -> int: ...
     def adagrad_rows_many(
         self,
@@ -90,6 +94,7 @@ class StepEngine:
         eps_inside_sqrt: bool,
         maximize: bool,
         num_threads: int,
+        seed: int | None = None,
     ) -> int: ...
     def sgd_rows_many(
         self,
@@ -104,6 +109,7 @@ class StepEngine:
         nesterov: bool,
         maximize: bool,
         num_threads: int,
+        seed: int | None = None,
     ) -> int: ...
     def rows_ceiling(
         self,
