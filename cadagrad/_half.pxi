@@ -295,8 +295,9 @@ cdef bint _has_nonfinite_span_16(const half_param* grad, Py_ssize_t n) noexcept 
     return top == mask
 
 
-# Stochastic rounding and 16-bit state (the rules page, "Stochastic rounding" and "16-bit state"). These
-# loops serve the two optional modes; the default (float32 state, nearest rounding) takes the loops above.
+# Stochastic rounding and 16-bit state (the rules page, "Stochastic rounding" and "16-bit state"): the
+# generator, the stochastic stores that the blocks above call when a step rounds stochastically, the
+# row-wise loop and the ceiling of the two optional modes, and the dispatch of a step that uses one.
 
 cdef extern from *:
     """
@@ -622,7 +623,8 @@ cdef void _ceiling_span_16_state16(half_param* p, const half_grad* grad, half_pa
 
 
 cdef inline bint _uses_modes(int kernel, const Segment* s, const void* args) noexcept nogil:
-    # Whether a 16-bit step takes the loops of this section: a 16-bit state, or stochastic rounding.
+    # Whether a 16-bit step uses an optional mode (a 16-bit state, or stochastic rounding), and so goes
+    # through _span_16_modes, which finds the state's format and the elements' indices.
     if s.state_16:
         return True
     if kernel == KERNEL_ADAGRAD:
