@@ -68,12 +68,10 @@ def precision_options(
 def check_step_rounding(stochastic_rounding: object, seed: object, params: list[np.ndarray]) -> int | None:
     """The engine's seed argument for a functional step: None (to nearest), or the seed, which a
     stochastic step requires (a drawn seed could not be told to the caller)."""
-    checked = check_rounding(stochastic_rounding, seed if seed is not None else 0, params)
-    if not checked["stochastic_rounding"]:
-        return None
-    if seed is None:
+    if check_flag(stochastic_rounding, "stochastic_rounding") and seed is None:
         raise ValueError("seed: expected an int from 0 to 2**64 - 1 with stochastic_rounding=True, got None")
-    return checked["seed"]
+    checked = check_rounding(stochastic_rounding, seed, params)
+    return checked["seed"] if checked["stochastic_rounding"] else None
 
 
 def check_rounding(stochastic_rounding: object, seed: object, params: list[np.ndarray]) -> dict:
@@ -218,17 +216,8 @@ def check_states(states: object, params: list[np.ndarray], single: bool, name: s
         label = lambda i: f"{name}[{i}]"  # noqa: E731
     param_label = "params" if single else "params[{}]"
     for i, (state, param) in enumerate(zip(arrays, params)):
-        if is_16_bit(param.dtype) and isinstance(state, np.ndarray) and state.dtype != param.dtype:
-            # a 16-bit param's state: float32, or its own dtype (the rules page, "16-bit state")
-            if state.dtype != np.float32:
-                raise TypeError(f"{label(i)}: expected dtype float32 or {param.dtype} (as "
-                                f"{param_label.format(i)}), got {state.dtype}")
-            check_float_array(state, label(i), writable=True)
-            if state.shape != param.shape:
-                raise ValueError(f"{label(i)}: expected shape {param.shape} (as {param_label.format(i)}), "
-                                 f"got {state.shape}")
-        else:
-            check_like(state, param, label(i), param_label.format(i), writable=True)
+        # a 16-bit param's state: its own dtype or float32 (the rules page, "16-bit state")
+        check_like_or_float32(state, param, label(i), param_label.format(i), writable=True)
     every = [(_byte_range(a), f"params[{i}]" if not single else "params") for i, a in enumerate(params)]
     every += [(_byte_range(a), label(i)) for i, a in enumerate(arrays)]
     clash = _first_overlap(every)
@@ -273,16 +262,22 @@ def check_grads(grads: object, params: list[np.ndarray], single: bool, states: l
 
 def check_grad(grad: object, param: np.ndarray, name: str, param_name: str) -> np.ndarray:
     """Check a grad against its param: the param's dtype and shape; float32 also for a 16-bit param."""
-    if not (is_16_bit(param.dtype) and isinstance(grad, np.ndarray) and grad.dtype == np.float32):
-        if is_16_bit(param.dtype) and isinstance(grad, np.ndarray) and grad.dtype != param.dtype:
-            raise TypeError(
-                f"{name}: expected dtype {param.dtype} (as {param_name}) or float32, got {grad.dtype}"
-            )
-        return check_like(grad, param, name, param_name, writable=False)
-    check_float_array(grad, name, writable=False)
-    if grad.shape != param.shape:
-        raise ValueError(f"{name}: expected shape {param.shape} (as {param_name}), got {grad.shape}")
-    return grad
+    return check_like_or_float32(grad, param, name, param_name, writable=False)
+
+
+def check_like_or_float32(
+    arr: object, param: np.ndarray, name: str, param_name: str, *, writable: bool
+) -> np.ndarray:
+    """As :func:`check_like` against ``param``, but a 16-bit param's array may also be float32 (its grads,
+    and with the default state dtype its state)."""
+    if not (is_16_bit(param.dtype) and isinstance(arr, np.ndarray) and arr.dtype != param.dtype):
+        return check_like(arr, param, name, param_name, writable=writable)
+    if arr.dtype != np.float32:
+        raise TypeError(f"{name}: expected dtype {param.dtype} (as {param_name}) or float32, got {arr.dtype}")
+    check_float_array(arr, name, writable=writable)
+    if arr.shape != param.shape:
+        raise ValueError(f"{name}: expected shape {param.shape} (as {param_name}), got {arr.shape}")
+    return arr
 
 
 def explain_changed(

@@ -178,13 +178,16 @@ cdef void _adagrad_span_16(half_param* p, const half_grad* grad, float* G, half_
         _adagrad_span_16_as(p, grad, G, G16, n, a, first, False, False, False)
 
 
-cdef void _adagrad_rowwise_rows_16(half_param* p, const half_grad* grad, float* G, Py_ssize_t rows,
-                                   Py_ssize_t cols, const AdagradArgs* a) noexcept nogil:
+cdef void _adagrad_rowwise_rows_16(half_param* p, const half_grad* grad, float* G, half_param* G16,
+                                   Py_ssize_t rows, Py_ssize_t cols, const AdagradArgs* a,
+                                   Py_ssize_t first_row) noexcept nogil:
     # _adagrad_rowwise_rows on widened values: the row's mean of g * g (left to right), then one d. A
     # row of at most HALF_ROW_BLOCK columns is widened once into the block buffers (the vectorized helpers
     # of _widen_params and _store_params) and stepped by _adagrad_rowwise_rows itself, whose second loop
     # vectorizes (its first is a left-to-right float sum, which stays scalar without reassociation);
-    # a wider row widens each element twice, in the scalar loops below.
+    # a wider row widens each element twice, in the scalar loops below. The accumulator is float32 G, or
+    # (G16 not NULL) one in the param's format, widened and rounded back to nearest; with stochastic
+    # rounding p's first row is row `first_row` of its param.
     cdef float wide_p[HALF_ROW_BLOCK]
     cdef float wide_g[HALF_ROW_BLOCK]
     cdef float clr = <float>a.clr
@@ -192,24 +195,30 @@ cdef void _adagrad_rowwise_rows_16(half_param* p, const half_grad* grad, float* 
     cdef float eps = <float>a.eps
     cdef float width = <float>cols
     cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
-    cdef float g, d, total, w
-    cdef Py_ssize_t r, j
+    cdef float g, d, total, w, sums
+    cdef Py_ssize_t r, j, row
     for r in range(rows):
+        row = (first_row + r) * cols                   # the index of the row's first element
+        sums = _widen(G16, r) if G16 != NULL else G[r]
         if cols <= HALF_ROW_BLOCK:
             _widen_params(wide_p, p, cols)
-            _adagrad_rowwise_rows(wide_p, _widened_grads(wide_g, grad, cols), G + r, 1, cols, a)
-            _store_params(p, wide_p, cols)
+            _adagrad_rowwise_rows(wide_p, _widened_grads(wide_g, grad, cols), &sums, 1, cols, a)
+            _store_params_as(p, wide_p, cols, a.stochastic, a.sr_key, row)
         else:
             total = 0
             for j in range(cols):
                 g = _effective_grad(_grad32(grad, j), _widen(p, j), maximize, has_wd, wd)
                 total = total + g * g
-            G[r] = G[r] + total / width
-            d = _adagrad_denominator(G[r], eps, inside)
+            sums = sums + total / width
+            d = _adagrad_denominator(sums, eps, inside)
             for j in range(cols):
                 w = _widen(p, j)
                 g = _effective_grad(_grad32(grad, j), w, maximize, has_wd, wd)
-                _store_rounded(p, j, _adagrad_new_param(w, g, clr, d))
+                _store_rounded_as(p, j, _adagrad_new_param(w, g, clr, d), a.stochastic, a.sr_key, row + j)
+        if G16 != NULL:
+            _store_rounded(G16, r, sums)
+        else:
+            G[r] = sums
         p += cols
         grad += cols
 
@@ -296,8 +305,8 @@ cdef bint _has_nonfinite_span_16(const half_param* grad, Py_ssize_t n) noexcept 
 
 
 # Stochastic rounding and 16-bit state (the rules page, "Stochastic rounding" and "16-bit state"): the
-# generator, the stochastic stores that the blocks above call when a step rounds stochastically, the
-# row-wise loop and the ceiling of the two optional modes, and the dispatch of a step that uses one.
+# generator and the stochastic stores that the loops above call when a step rounds stochastically, and
+# the ceiling of a 16-bit state. (The loops take either mode through their G16/buf16 and first.)
 
 cdef extern from *:
     """
@@ -464,7 +473,7 @@ cdef extern from *:
     static inline __m256i cg_round_f16_sr_x8(__m256i u, __m256i x) {
         /* as the AVX-512 loop, for 8 values without NaN; every compared integer is below 2^31 */
         const __m256i m1 = _mm256_set1_epi32(0x7feb352d), m2 = _mm256_set1_epi32((int)0x846ca68bu);
-        const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), one = _mm256_set1_epi32(1);
+        const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
         const __m256i rebias = _mm256_set1_epi32(0x38000000), low13 = _mm256_set1_epi32(0x1fff);
         const __m256i smallest = _mm256_set1_epi32(0x38800000), too_big = _mm256_set1_epi32(0x477fffff);
         const __m256i f16_inf = _mm256_set1_epi32(0x7c00), sign = _mm256_set1_epi32(0x8000);
@@ -571,38 +580,6 @@ cdef inline void _store_rounded_as(half_param* p, Py_ssize_t j, float x, bint st
         p[j].bits = cg_f32_to_bf16_sr(x, r)
 
 
-cdef void _adagrad_rowwise_rows_16_modes(half_param* p, const half_grad* grad, void* G, bint state_16,
-                                         Py_ssize_t rows, Py_ssize_t cols, const AdagradArgs* a,
-                                         Py_ssize_t first_row) noexcept nogil:
-    # _adagrad_rowwise_rows_16 with a 16-bit row accumulator (widened, stepped, rounded back to nearest)
-    # and/or a stochastic rounding of p; p's first row is row `first_row` of its param.
-    cdef float clr = <float>a.clr
-    cdef float wd = <float>a.weight_decay
-    cdef float eps = <float>a.eps
-    cdef float width = <float>cols
-    cdef bint maximize = a.maximize, has_wd = a.has_weight_decay, inside = a.eps_inside_sqrt
-    cdef float g, d, total, w, sums
-    cdef Py_ssize_t r, j
-    for r in range(rows):
-        total = 0
-        for j in range(cols):
-            g = _effective_grad(_grad32(grad, j), _widen(p, j), maximize, has_wd, wd)
-            total = total + g * g
-        sums = (_widen(<half_param*>G, r) if state_16 else (<float*>G)[r]) + total / width
-        d = _adagrad_denominator(sums, eps, inside)
-        for j in range(cols):
-            w = _widen(p, j)
-            g = _effective_grad(_grad32(grad, j), w, maximize, has_wd, wd)
-            _store_rounded_as(p, j, _adagrad_new_param(w, g, clr, d), a.stochastic, a.sr_key,
-                              (first_row + r) * cols + j)
-        if state_16:
-            _store_rounded(<half_param*>G, r, sums)
-        else:
-            (<float*>G)[r] = sums
-        p += cols
-        grad += cols
-
-
 cdef void _ceiling_span_16_state16(half_param* p, const half_grad* grad, half_param* state,
                                    Py_ssize_t n) noexcept nogil:
     # _ceiling_span_16 over a 16-bit state: the same traffic with 2-byte state, in the blocks of the
@@ -620,40 +597,6 @@ cdef void _ceiling_span_16_state16(half_param* p, const half_grad* grad, half_pa
         _store_params(p + lo, wide_p, m)
         _store_params(state + lo, wide_s, m)
         lo += m
-
-
-cdef inline bint _uses_modes(int kernel, const Segment* s, const void* args) noexcept nogil:
-    # Whether a 16-bit step uses an optional mode (a 16-bit state, or stochastic rounding), and so goes
-    # through _span_16_modes, which finds the state's format and the elements' indices.
-    if s.state_16:
-        return True
-    if kernel == KERNEL_ADAGRAD:
-        return (<const AdagradArgs*>args).stochastic
-    if kernel == KERNEL_SGD:
-        return (<const SgdArgs*>args).stochastic
-    return False
-
-
-cdef void _span_16_modes(int kernel, const Segment* s, half_param* param, const half_grad* grad,
-                         Py_ssize_t lo, Py_ssize_t n, const void* args) noexcept nogil:
-    # Elements [lo, lo + n) of a 16-bit segment when _uses_modes: param is the segment's first element,
-    # grad the gradient of element lo (a dense grad + lo, or a row's float32 sum). A row-wise segment is
-    # given whole rows (lo a multiple of cols).
-    cdef Py_ssize_t at = lo // s.cols if s.cols > 0 else lo          # the state of element lo
-    cdef float* state = <float*>s.state + at if s.state != NULL and not s.state_16 else NULL
-    cdef half_param* state16 = <half_param*>s.state + at if s.state != NULL and s.state_16 else NULL
-    cdef void* either = <void*>state16 if s.state_16 else <void*>state
-    if kernel == KERNEL_ADAGRAD and s.cols > 0:
-        _adagrad_rowwise_rows_16_modes(param + lo, grad, either, s.state_16, n // s.cols, s.cols,
-                                       <const AdagradArgs*>args, at)
-    elif kernel == KERNEL_ADAGRAD:
-        _adagrad_span_16(param + lo, grad, state, state16, n, <const AdagradArgs*>args, lo)
-    elif kernel == KERNEL_SGD:
-        _sgd_span_16(param + lo, grad, state, state16, n, <const SgdArgs*>args, lo)
-    elif kernel == KERNEL_CEILING and state16 != NULL and s.cols == 0:
-        _ceiling_span_16_state16(param + lo, grad, state16, n)
-    elif kernel == KERNEL_CEILING:      # a row-wise 16-bit state: its traffic is negligible
-        _ceiling_span_16(param + lo, grad, <float*>NULL, n)
 
 
 def _random_bits(unsigned long long seed, unsigned long long step, const long long[::1] indices,

@@ -60,43 +60,48 @@ cdef inline void _proximal_span_at(int kernel, Segment* s, Py_ssize_t lo, Py_ssi
         _ceiling_two_states_span(param, grad, <floating*>s.state2 + lo, <floating*>s.state + lo, n)
 
 
+cdef inline void _step_span_16(int kernel, const Segment* s, half_param* param, const half_grad* grad,
+                               Py_ssize_t lo, Py_ssize_t n, const void* args) noexcept nogil:
+    # Elements [lo, lo + n) of a 16-bit segment, for the dense walk and the row walk alike: param is the
+    # segment's first element, grad the gradient of element lo (a dense grad + lo, or a row's gradient).
+    # A row-wise segment is given whole rows (lo a multiple of cols). The state is float32 or (state_16)
+    # in the param's format; lo is also the first element's index for stochastic rounding.
+    cdef Py_ssize_t at = lo // s.cols if s.cols > 0 else lo          # the state of element lo
+    cdef float* state = <float*>s.state + at if s.state != NULL and not s.state_16 else NULL
+    cdef half_param* state16 = <half_param*>s.state + at if s.state != NULL and s.state_16 else NULL
+    if kernel == KERNEL_ADAGRAD and s.cols > 0:
+        _adagrad_rowwise_rows_16(param + lo, grad, state, state16, n // s.cols, s.cols, <const AdagradArgs*>args,
+                                 at)
+    elif kernel == KERNEL_ADAGRAD:
+        _adagrad_span_16(param + lo, grad, state, state16, n, <const AdagradArgs*>args, lo)
+    elif kernel == KERNEL_SGD:
+        _sgd_span_16(param + lo, grad, state, state16, n, <const SgdArgs*>args, lo)
+    elif s.cols > 0:                    # KERNEL_CEILING: the per-row state is a negligible part of the traffic
+        _ceiling_span_16(param + lo, grad, <float*>NULL, n)
+    elif state16 != NULL:               # KERNEL_CEILING
+        _ceiling_span_16_state16(param + lo, grad, state16, n)
+    else:                               # KERNEL_CEILING, state or none
+        _ceiling_span_16(param + lo, grad, state, n)
+
+
 cdef inline bint _run_segment_16_typed(int kernel, Segment* s, Py_ssize_t lo, Py_ssize_t n, half_param* param,
                                        const half_grad* grad, const void* args) noexcept nogil:
-    # _run_segment for a 16-bit param (float32 state) in one format, with a grad in that format or
-    # float32. The engine never gives the proximal kernels a 16-bit segment.
+    # _run_segment for a 16-bit param in one format, with a grad in that format or float32. The engine
+    # never gives the proximal kernels a 16-bit segment.
     cdef Py_ssize_t row, last_row
-    cdef float* state = <float*>s.state
     if kernel == KERNEL_CHECK_FINITE:
         if half_grad is float:
             return _has_nonfinite_span(grad + lo, n)
         else:
             return _has_nonfinite_span_16(grad + lo, n)
-    if _uses_modes(kernel, s, args):
-        if s.cols > 0 and kernel == KERNEL_ADAGRAD:
-            row = (lo + s.cols - 1) // s.cols
-            last_row = (lo + n + s.cols - 1) // s.cols
-            if last_row > row:
-                _span_16_modes(kernel, s, param, grad + row * s.cols, row * s.cols, (last_row - row) * s.cols,
-                               args)
-        else:
-            _span_16_modes(kernel, s, param, grad + lo, lo, n, args)
-        return False
-    if s.cols > 0:
+    if s.cols > 0 and kernel == KERNEL_ADAGRAD:
+        # Row-wise segment: the rows whose first element lies in [lo, lo + n) belong to this range.
         row = (lo + s.cols - 1) // s.cols
         last_row = (lo + n + s.cols - 1) // s.cols
-        if kernel == KERNEL_ADAGRAD and last_row > row:
-            _adagrad_rowwise_rows_16(param + row * s.cols, grad + row * s.cols, state + row, last_row - row,
-                                     s.cols, <const AdagradArgs*>args)
-        elif kernel == KERNEL_CEILING:
-            _ceiling_span_16(param + lo, grad + lo, <float*>NULL, n)
-        return False
-    if kernel == KERNEL_ADAGRAD:
-        _adagrad_span_16(param + lo, grad + lo, state + lo, NULL, n, <const AdagradArgs*>args, lo)
-    elif kernel == KERNEL_SGD:
-        _sgd_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, NULL, n, <const SgdArgs*>args,
-                     lo)
-    elif kernel == KERNEL_CEILING:
-        _ceiling_span_16(param + lo, grad + lo, state + lo if state != NULL else NULL, n)
+        if last_row > row:
+            _step_span_16(kernel, s, param, grad + row * s.cols, row * s.cols, (last_row - row) * s.cols, args)
+    else:
+        _step_span_16(kernel, s, param, grad + lo, lo, n, args)
     return False
 
 

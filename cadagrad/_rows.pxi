@@ -246,39 +246,16 @@ cdef void _apply_rows_typed(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssi
             _ceiling_span(param + row * width, g, state + row * width if state != NULL else NULL, width)
 
 
-cdef inline void _step_row_16(int kernel, const Segment* s, half_param* param, const half_grad* g, float* state,
-                              Py_ssize_t row, Py_ssize_t width, const void* args) noexcept nogil:
-    # One row of a 16-bit param stepped by the dense 16-bit spans, its gradient row in float32 (summed
-    # duplicates) or as given (a row named once: the span widens it, exactly, block by block). A 16-bit
-    # state or stochastic rounding takes the loops of _half.pxi's last section.
-    if _uses_modes(kernel, s, args):
-        _span_16_modes(kernel, s, param, g, row * width, width, args)
-    elif kernel == KERNEL_ADAGRAD:
-        if s.cols > 0:
-            _adagrad_rowwise_rows_16(param + row * width, g, state + row, 1, width, <const AdagradArgs*>args)
-        else:
-            _adagrad_span_16(param + row * width, g, state + row * width, NULL, width, <const AdagradArgs*>args,
-                             row * width)
-    elif kernel == KERNEL_SGD:
-        _sgd_span_16(param + row * width, g, state + row * width if state != NULL else NULL, NULL, width,
-                     <const SgdArgs*>args, row * width)
-    elif state != NULL and s.cols == 0:     # KERNEL_CEILING
-        _ceiling_span_16(param + row * width, g, state + row * width, width)
-    else:                                   # KERNEL_CEILING, state per row negligible
-        _ceiling_span_16(param + row * width, g, <float*>NULL, width)
-
-
 cdef void _apply_rows_16(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssize_t u1, half_param* param,
                         const half_grad* rows, float* acc, const void* args) noexcept nogil:
-    # _apply_rows_typed for a 16-bit param (float32 state): each row's gradient is widened to float32
+    # _apply_rows_typed for a 16-bit param (float32 or 16-bit state): each row's gradient is widened to float32
     # and, with duplicates, summed in float32 from zero in order of appearance (the rules page, "16-bit
-    # params"), then the row is stepped by the dense 16-bit spans. With assume_unique a row goes to the
+    # params"), then the row is stepped by _step_span_16. With assume_unique a row goes to the
     # span as it is (the span widens it block by block, as a dense step's grad): no pass through acc.
     # Grouped rows are summed into acc from zero (so a row named once too: 0 + -0 is +0); float16 rows
     # are widened a block at a time by the F16C helper first (the add loop vectorizes, checked with
     # -fopt-info-vec-optimized), bfloat16 and float32 rows in the one loop below (a shift, vectorized).
     cdef Segment* s = t.seg
-    cdef float* state = <float*>s.state
     cdef const Py_ssize_t* uniq = t.groups.uniq
     cdef const Py_ssize_t* first = t.groups.first
     cdef const Py_ssize_t* order = t.groups.order
@@ -295,11 +272,11 @@ cdef void _apply_rows_16(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssize_
         if ahead < u1:
             ahead = _read_index(t.indices, t.wide, ahead) if unique else uniq[ahead]
             cg_prefetch(param + ahead * width, width * sizeof(half_param), 1)
-            if state != NULL:
+            if s.state != NULL:
                 cg_prefetch(<char*>s.state + ahead * state_width * state_bytes, state_width * state_bytes, 1)
         if unique:
             row = _read_index(t.indices, t.wide, u)
-            _step_row_16(kernel, s, param, rows + u * width, state, row, width, args)
+            _step_span_16(kernel, s, param, rows + u * width, row * width, width, args)
             continue
         row = uniq[u]
         # Summed from zero even when named once (0 + -0 is +0: passing such a row as it is would change bits).
@@ -318,7 +295,7 @@ cdef void _apply_rows_16(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssize_
             else:
                 for c in range(width):
                     acc[c] = acc[c] + _grad32(src, c)
-        _step_row_16(kernel, s, param, <const float*>acc, state, row, width, args)
+        _step_span_16(kernel, s, param, <const float*>acc, row * width, width, args)
 
 
 cdef void _apply_rows_16_of(int kernel, const RowTable* t, Py_ssize_t u0, Py_ssize_t u1, float* acc,

@@ -133,7 +133,7 @@ def test_memory_ceiling_of_a_16_bit_param_widens_adds_and_rounds_back(dtype):
     narrow = np.zeros(100, dtype)                 # a 16-bit state (state_dtype="param") is widened too
     memory_ceiling(p, narrow)(g)
     assert (p.astype(np.float32) == 2.5).all() and (narrow.astype(np.float32) == 0.25).all()
-    with pytest.raises(TypeError, match="float32 or"):
+    with pytest.raises(TypeError, match=r"\(as params\) or float32, got float64"):
         memory_ceiling(p, np.zeros(100, np.float64))
     with pytest.raises(TypeError, match="states2"):
         memory_ceiling(p, s, states2=np.zeros(100, np.float32))

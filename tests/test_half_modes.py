@@ -496,7 +496,7 @@ def test_functional_steps_take_16_bit_params_in_every_mode(dtype, mode, stochast
         (
             lambda p, g, s: cadagrad.adagrad_step(p, g, s.astype(np.float64), step=1),
             TypeError,
-            r"sums: expected dtype float32 or bfloat16 \(as params\), got float64",
+            r"sums: expected dtype bfloat16 \(as params\) or float32, got float64",
         ),
         (
             lambda p, g, s: cadagrad.sgd_step(
@@ -538,8 +538,8 @@ def test_non_finite_values_round_as_to_nearest_under_stochastic_rounding(isa, dt
     rng = np.random.default_rng(12)
     p = edgy_array(rng, (5000,), dtype)
     bits = p.view(np.uint16)
-    bits[::97] = 0x7FC1 if dtype == HALF[1] else 0x7E01          # quiet NaNs with payloads
-    bits[5::89] = 0xFF80 if dtype == HALF[1] else 0xFC00          # -inf
+    bits[::97] = 0x7FC1 if dtype == HALF[1] else 0x7E01  # quiet NaNs with payloads
+    bits[5::89] = 0xFF80 if dtype == HALF[1] else 0xFC00  # -inf
     grad = edgy_array(rng, p.shape, np.float32)
     grad[7::101] = np.nan
     grad[9::103] = np.inf
@@ -555,7 +555,7 @@ def test_non_finite_values_round_as_to_nearest_under_stochastic_rounding(isa, dt
 @pytest.mark.parametrize("dtype", [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)])
 def test_a_large_16_bit_state_is_loaded_lazily_with_its_bits(dtype):
     """State.from_array compares rows bitwise in the state's item size: 2 bytes for a 16-bit state."""
-    param = np.zeros((1 << 17, 16), dtype)              # 4 MiB of 16-bit state: lazy
+    param = np.zeros((1 << 17, 16), dtype)  # 4 MiB of 16-bit state: lazy
     saved = np.zeros(param.shape, dtype)
     saved[3] = 0.5
     saved[7] = 1.5
@@ -584,3 +584,35 @@ def test_the_kernels_stochastic_rounding_of_every_pattern_matches_reference(isa,
         ref.step([grad])
     bad = np.flatnonzero(mine.view(np.uint16) != ref.params[0].view(np.uint16))
     assert bad.size == 0, f"{bad.size} mismatches, first: float32 bits {values.view(np.uint32)[bad[0]]:#010x}"
+
+
+@pytest.mark.parametrize("isa", VARIANTS)
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("width", [7, 512, 513, 600])
+def test_rowwise_rows_wider_and_narrower_than_a_block_match_reference_in_both_modes(isa, dtype, width):
+    """Row-wise rows up to 512 columns go through block buffers, wider ones through a scalar loop."""
+    module = _kernels.available_variants()[isa]
+    rng = np.random.default_rng(width)
+    param = edgy_array(rng, (40, width), dtype)
+    ref = reference.Adagrad(
+        [param.copy()],
+        lr=0.05,
+        rowwise=True,
+        state_dtype="param",
+        stochastic_rounding=True,
+        seed=11,
+        initial_accumulator_value=0.1,
+    )
+    mine, sums = param.copy(), ref.sums[0].copy()
+    engine = module.StepEngine([mine], [sums], False, None, 0, [width], None, [KIND[dtype]])
+    for _ in range(2):
+        grad = edgy_array(rng, param.shape, np.float32)
+        indices = rng.integers(0, 40, 30)
+        rows = edgy_array(rng, (30, width), dtype)
+        with np.errstate(all="ignore"):
+            engine.adagrad([grad], 0.05, 0.0, 0.0, 1e-10, False, False, 2, False, 11)
+            ref.step([grad])
+            engine.adagrad_rows(0, indices, rows, False, 0.05, 0.0, 0.0, 1e-10, False, False, 2, 11)
+            ref.step_rows(indices, rows)
+    assert_bitwise_equal(mine, ref.params[0], f"{isa} params")
+    assert_bitwise_equal(sums, ref.sums[0], f"{isa} sums")
